@@ -1,0 +1,130 @@
+"""The ``nimrag`` command: serve a service, list optimization profiles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    settings: Callable  # () -> ServiceSettings subclass
+    profiles: Callable  # () -> list[Profile]
+    app_factory: str  # "module:function" for uvicorn --factory
+
+
+def _embed_settings():
+    from services.embed.settings import EmbedSettings
+
+    return EmbedSettings
+
+
+def _embed_profiles():
+    from services.embed.profiles import EMBED_PROFILES
+
+    return EMBED_PROFILES
+
+
+SERVICES: dict[str, ServiceEntry] = {
+    "embed": ServiceEntry(_embed_settings, _embed_profiles, "services.embed.app:create_app"),
+}
+
+
+def _offline_env() -> None:
+    # Models come from local folders and packages only: never let a library reach for a model hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from services.common.logs import configure_logging
+    from services.common.profiles import ProfileError
+
+    _offline_env()
+    entry = SERVICES[args.service]
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "profile": args.profile,
+                                   "model": args.model}.items() if v is not None}
+    settings = entry.settings()(**overrides)
+    configure_logging(settings.log_level, settings.json_logs)
+    module_name, func_name = entry.app_factory.split(":")
+    module = __import__(module_name, fromlist=[func_name])
+    try:
+        app = getattr(module, func_name)(settings)
+    except ProfileError as exc:
+        print(f"nimrag: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_profiles_list(args: argparse.Namespace) -> int:
+    from services.common.hardware import probe
+    from services.common.profiles import evaluate, select_profile, ProfileError
+
+    hw = probe()
+    names = [args.service] if args.service else list(SERVICES)
+    report = {}
+    for name in names:
+        entry = SERVICES[name]
+        profiles = entry.profiles()
+        compatible, incompatible = evaluate(profiles, hw)
+        pinned = entry.settings()().profile
+        try:
+            selected = select_profile(profiles, hw, pinned).profile.id
+        except ProfileError as exc:
+            selected = f"error: {exc}"
+        report[name] = {"selected": selected, "compatible": [p.as_dict() for p in compatible],
+                        "incompatible": [{**p.as_dict(), "reasons": r} for p, r in incompatible]}
+    if args.json:
+        print(json.dumps({"hardware": hw.as_dict(), "services": report}, indent=2))
+        return 0
+    gpus = ", ".join(f"{g.name} {g.memory_gib} GiB cc{g.compute_capability[0]}.{g.compute_capability[1]}"
+                     for g in hw.gpus) or "none"
+    print(f"CPU: {hw.cpu_model} ({hw.physical_cores} cores, {hw.logical_cores} threads); GPUs: {gpus}")
+    for name, r in report.items():
+        print(f"\n[{name}] selected: {r['selected']}")
+        print("  compatible:")
+        for p in r["compatible"]:
+            print(f"    {p['id']:<18} {p['backend']:<12} {p['device']:<5} {p['precision']:<5} "
+                  f"batch {p['max_batch_items']:<4} {p['description']}")
+        print("  incompatible:")
+        for p in r["incompatible"]:
+            print(f"    {p['id']:<18} {'; '.join(p['reasons'])}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nimrag", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run one microservice")
+    serve.add_argument("service", choices=sorted(SERVICES))
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--profile", help="pin an optimization profile (as NIM_MODEL_PROFILE)")
+    serve.add_argument("--model", help="model folder to serve instead of the bundled default")
+    serve.set_defaults(func=cmd_serve)
+
+    profiles = sub.add_parser("profiles", help="optimization profiles")
+    profiles_sub = profiles.add_subparsers(dest="profiles_command", required=True)
+    listing = profiles_sub.add_parser("list", help="compatible and incompatible profiles on this machine")
+    listing.add_argument("--service", choices=sorted(SERVICES))
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_profiles_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

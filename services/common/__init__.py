@@ -1,0 +1,1 @@
+"""Code every nimrag service shares: settings, app factory, errors, batching, hardware probe, profiles."""

@@ -1,0 +1,113 @@
+"""App factory every service uses: middleware, error handlers, the common endpoints and model loading."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import platform
+from collections.abc import Sequence
+
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import JSONResponse, Response
+
+from services.common.errors import install_error_handlers
+from services.common.metrics import ServiceMetrics
+from services.common.middleware import RequestContextMiddleware
+from services.common.serving import ModelServing, ModelState
+from services.common.settings import ServiceSettings
+from services.common.tracing import make_tracer
+
+API_VERSION = "1.0.0"
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nimrag")
+    except PackageNotFoundError:
+        return "0.0.0+local"
+
+
+def get_serving(request: Request) -> ModelServing:
+    return request.app.state.serving
+
+
+def common_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/health/live")
+    async def live() -> dict:
+        return {"object": "health.response", "message": "Service is live.", "status": "live"}
+
+    @router.get("/v1/health/ready")
+    async def ready(request: Request) -> Response:
+        serving = get_serving(request)
+        if serving.state is ModelState.READY:
+            return JSONResponse({"object": "health.response", "message": "Service is ready.", "status": "ready"})
+        message = ("Model failed to load: " + (serving.load_error or "")) if serving.state is ModelState.FAILED \
+            else "Model is loading."
+        return JSONResponse({"object": "health.response", "message": message, "status": serving.state.value},
+                            status_code=503, headers={"Retry-After": "5"})
+
+    @router.get("/v1/models")
+    async def models(request: Request) -> dict:
+        return {"object": "list", "data": get_serving(request).model_cards()}
+
+    @router.get("/v1/version")
+    async def version() -> dict:
+        return {"release": package_version(), "api": API_VERSION}
+
+    @router.get("/v1/metadata")
+    async def metadata(request: Request) -> dict:
+        serving = get_serving(request)
+        return {
+            "version": package_version(),
+            "service": serving.service,
+            "modelInfo": [{"shortName": serving.served_model_name, "modelUrl": ""}],
+            "selectedModelProfileId": serving.profile.id,
+            "profile": serving.profile.as_dict(),
+            "profilePinned": serving.choice.pinned,
+            "compatibleProfiles": [p.id for p in serving.choice.compatible],
+            "hardware": serving.hardware.as_dict(),
+            "python": platform.python_version(),
+            "state": serving.state.value,
+            **serving.metadata(),
+        }
+
+    @router.get("/v1/metrics")
+    async def metrics(request: Request) -> Response:
+        body = request.app.state.metrics.render()
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return router
+
+
+def create_service_app(*, title: str, settings: ServiceSettings, serving: ModelServing, metrics: ServiceMetrics,
+                       routers: Sequence[APIRouter]) -> FastAPI:
+    """Build a service: the model starts loading when the server starts; /v1/health/ready says when it is done."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loader = asyncio.create_task(serving.load(), name="model-load")
+        try:
+            yield
+        finally:
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
+            await serving.stop()
+
+    app = FastAPI(title=title, version=package_version(), lifespan=lifespan)
+    app.state.settings = settings
+    app.state.serving = serving
+    app.state.metrics = metrics
+    app.state.logger = logging.getLogger(f"nimrag.{serving.service}")
+    install_error_handlers(app)
+    app.include_router(common_router())
+    for router in routers:
+        app.include_router(router)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, api_keys=settings.api_key_list,
+                       max_body_bytes=settings.max_body_bytes, tracer=make_tracer(serving.service))
+    return app

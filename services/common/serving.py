@@ -1,0 +1,87 @@
+"""The serving layer's common part: owns the engine's life cycle (load, warm-up, ready, stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from enum import Enum
+
+from services.common.errors import ModelNotFoundError, ServiceNotReadyError
+from services.common.hardware import HardwareInfo
+from services.common.metrics import ServiceMetrics
+from services.common.profiles import ProfileChoice
+
+
+class ModelState(str, Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class ModelServing(ABC):
+    """One served model: subclasses load the engine (in a worker thread) and implement the endpoints' work."""
+
+    service: str = "service"
+
+    def __init__(self, *, choice: ProfileChoice, hardware: HardwareInfo, metrics: ServiceMetrics,
+                 served_model_name: str):
+        self.choice = choice
+        self.profile = choice.profile
+        self.hardware = hardware
+        self.metrics = metrics
+        self.served_model_name = served_model_name
+        self.state = ModelState.LOADING
+        self.load_error: str | None = None
+        self.created = int(time.time())
+        self.log = logging.getLogger(f"nimrag.{self.service}")
+
+    # --- life cycle -------------------------------------------------------------------------------------------
+    @abstractmethod
+    def load_blocking(self) -> None:
+        """Load and warm up the engine; runs in a worker thread, never on the event loop."""
+
+    async def on_loaded(self) -> None:
+        """Runs on the event loop once the engine is loaded (start batchers here)."""
+
+    async def stop(self) -> None:
+        """Release the engine and background tasks."""
+
+    async def load(self) -> None:
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(self.load_blocking)
+            await self.on_loaded()
+        except Exception as exc:  # keep the process up and say why in /v1/health/ready
+            self.state, self.load_error = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
+            self.log.exception("model failed to load", extra={"profile": self.profile.id})
+            return
+        self.state = ModelState.READY
+        self.metrics.info.labels(self.service, self.served_model_name, self.profile.id).set(1)
+        self.log.info("model ready", extra={"model": self.served_model_name, "profile": self.profile.id,
+                                            "load_seconds": round(time.perf_counter() - started, 2)})
+
+    def ensure_ready(self) -> None:
+        if self.state is ModelState.FAILED:
+            raise ServiceNotReadyError(f"The model failed to load: {self.load_error}", retry_after_s=60)
+        if self.state is not ModelState.READY:
+            raise ServiceNotReadyError()
+
+    # --- model identity ---------------------------------------------------------------------------------------
+    def served_names(self) -> list[str]:
+        return [self.served_model_name]
+
+    def resolve_model(self, requested: str | None) -> str:
+        """The served model a request's ``model`` field names (None means the default)."""
+        if requested is None or requested in self.served_names():
+            return self.served_model_name
+        raise ModelNotFoundError(requested, self.served_names())
+
+    def model_cards(self) -> list[dict]:
+        return [{"id": name, "object": "model", "created": self.created, "owned_by": "nimrag",
+                 "root": self.served_model_name, "parent": None} for name in self.served_names()]
+
+    def metadata(self) -> dict:
+        """Service-specific details merged into ``/v1/metadata``."""
+        return {}

@@ -1,0 +1,34 @@
+"""OpenTelemetry tracing: spans for every request and engine batch.
+
+Off (the API's no-op tracer) unless ``OTEL_TRACES_EXPORTER`` asks for ``console`` or ``otlp`` (the latter needs
+``opentelemetry-exporter-otlp`` installed; ``OTEL_EXPORTER_OTLP_ENDPOINT`` says where).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from opentelemetry import trace
+
+
+def make_tracer(service: str) -> trace.Tracer:
+    exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "none").lower()
+    if exporter_name in ("", "none"):
+        return trace.get_tracer(f"nimrag.{service}")
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    provider = TracerProvider(resource=Resource.create({"service.name": f"nimrag-{service}"}))
+    if exporter_name == "console":
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    elif exporter_name == "otlp":
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            logging.getLogger("nimrag").warning("OTEL_TRACES_EXPORTER=otlp but opentelemetry-exporter-otlp is "
+                                                "not installed; tracing is off")
+            return trace.get_tracer(f"nimrag.{service}")
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider.get_tracer(f"nimrag.{service}")

@@ -1,0 +1,1 @@
+"""The embedding microservice: OpenAI- and NIM-compatible ``POST /v1/embeddings``."""

@@ -1,0 +1,57 @@
+"""The engine interface: token ids in, one float32 embedding per text out (pooled, normalized as the model is)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from services.common.profiles import Profile
+from services.embed.model import EmbeddingModelInfo
+from services.embed.tokenization import TextTokenizer
+
+WARMUP_TEXTS = ["warm-up", "A longer warm-up sentence so that the engine sees more than one sequence length."]
+
+
+def pad(ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad to the longest sequence; returns (input_ids, attention_mask) as int64."""
+    width = max(len(x) for x in ids)
+    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return input_ids, mask
+
+
+class EmbeddingEngine(ABC):
+    def __init__(self, profile: Profile, model: EmbeddingModelInfo, tokenizer: TextTokenizer):
+        self.profile = profile
+        self.model = model
+        self.tokenizer = tokenizer
+        self.dimension = model.dimension
+
+    @abstractmethod
+    def embed(self, ids: list[list[int]]) -> np.ndarray:
+        """Embeddings of a batch of token-id sequences, shape (len(ids), dimension), float32."""
+
+    def warm_up(self) -> None:
+        out = self.embed(self.tokenizer.encode(WARMUP_TEXTS, truncate="END"))
+        self.dimension = int(out.shape[1])
+
+    def describe(self) -> dict:
+        return {"backend": self.profile.backend, "device": self.profile.device, "precision": self.profile.precision}
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
+    """Sentence-transformers pooling over the token embeddings of a padded batch."""
+    if mode == "cls":
+        return hidden[:, 0]
+    m = mask[..., None].astype(hidden.dtype)
+    if mode == "max":
+        return np.where(m > 0, hidden, np.finfo(hidden.dtype).min).max(axis=1)
+    return (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)

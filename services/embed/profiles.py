@@ -1,0 +1,28 @@
+"""The embedding service's optimization profiles, best first by rank (ranks follow measured speed:
+see bench/embed.py and the README's figures)."""
+
+from __future__ import annotations
+
+from services.common.profiles import Profile
+
+_CPU_BATCH = {"max_batch_items": 64, "max_batch_tokens": 8192}
+_GPU_BATCH = {"max_batch_items": 512, "max_batch_tokens": 131072}
+
+EMBED_PROFILES: list[Profile] = [
+    Profile("torch-cuda-bf16", "torch", "cuda", "bf16", rank=100, min_gpus=1, min_gpu_memory_gib=2,
+            min_compute_capability=(8, 0), python_modules=("torch",),
+            description="PyTorch on one GPU in bf16 (Ampere and newer)", **_GPU_BATCH),
+    Profile("torch-cuda-fp16", "torch", "cuda", "fp16", rank=90, min_gpus=1, min_gpu_memory_gib=2,
+            min_compute_capability=(7, 0), python_modules=("torch",),
+            description="PyTorch on one GPU in fp16 (Volta and newer)", **_GPU_BATCH),
+    Profile("onnx-cpu-int8", "onnxruntime", "cpu", "int8", rank=60,
+            cpu_isa_any=("avx512_vnni", "avx_vnni", "amx_int8"), python_modules=("onnxruntime", "onnx"),
+            description="ONNX Runtime, int8 weights (dynamic quantization) on CPUs with VNNI", **_CPU_BATCH),
+    Profile("torch-cpu-bf16", "torch", "cpu", "bf16", rank=55, cpu_isa_any=("avx512_bf16", "amx_bf16"),
+            python_modules=("torch",), description="PyTorch bf16 autocast on CPUs with bf16 units",
+            **_CPU_BATCH),
+    Profile("onnx-cpu-fp32", "onnxruntime", "cpu", "fp32", rank=40, python_modules=("onnxruntime", "onnx"),
+            description="ONNX Runtime fp32 on any CPU", **_CPU_BATCH),
+    Profile("torch-cpu-fp32", "torch", "cpu", "fp32", rank=10, python_modules=("torch",),
+            description="PyTorch fp32 on any CPU: the numerical reference", **_CPU_BATCH),
+]

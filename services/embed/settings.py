@@ -1,0 +1,22 @@
+"""Embedding service settings (``NIMRAG_EMBED_*``, plus the NIM names in :mod:`services.common.settings`)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class EmbedSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="NIMRAG_EMBED_", extra="ignore")
+
+    port: int = Field(8001, ge=1, le=65535)
+    model: str | None = Field(None, description="A sentence-transformers folder; default: bundled all-MiniLM-L6-v2.")
+    max_inputs: int = Field(2048, ge=1, description="Most texts in one request.")
+    max_chars: int = Field(65536, ge=1, description="Most characters in one text.")
+    max_tokens: int | None = Field(None, ge=2, description="Most tokens per text (default and ceiling: the model's).")
+    matryoshka_dims: str = Field("", description="Comma-separated output sizes the model was trained for.")
+    query_prefix: str | None = Field(None, description="Override the model's query prompt.")
+    passage_prefix: str | None = Field(None, description="Override the model's passage/document prompt.")
+    max_batch_items: int | None = Field(None, ge=1, description="Override the profile's batch size.")

@@ -1,0 +1,1 @@
+"""The LLM microservice (OpenAI chat/completions). Not built yet: tracked in issue 4."""
