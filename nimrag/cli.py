@@ -44,8 +44,8 @@ def _offline_env() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from services.common.errors import StartupError
     from services.common.logs import configure_logging
-    from services.common.profiles import ProfileError
 
     _offline_env()
     entry = SERVICES[args.service]
@@ -57,7 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     module = __import__(module_name, fromlist=[func_name])
     try:
         app = getattr(module, func_name)(settings)
-    except ProfileError as exc:
+    except StartupError as exc:
         print(f"nimrag: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=10)

@@ -15,6 +15,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 
+class StartupError(RuntimeError):
+    """A service cannot start as configured (bad model folder, impossible profile); the message says why."""
+
+
 class APIError(Exception):
     """Base of every error a service answers with; subclasses fix the status and type."""
 

@@ -11,10 +11,11 @@ import importlib.util
 from dataclasses import asdict, dataclass
 from functools import cache
 
+from services.common.errors import StartupError
 from services.common.hardware import HardwareInfo
 
 
-class ProfileError(RuntimeError):
+class ProfileError(StartupError):
     """A pinned profile is unknown or cannot run here."""
 
 

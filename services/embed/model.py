@@ -6,12 +6,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.errors import StartupError
 from services.embed.settings import EmbedSettings
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(StartupError):
     """The model folder is missing or is not a sentence-transformers model."""
 
 

@@ -1,0 +1,100 @@
+"""Shared fixtures: real services started as processes on loopback, the way users start them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+    ready_statuses: list[int] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_service(service: str, tmp_dir: Path, env: dict[str, str] | None = None, args: list[str] | None = None,
+                  wait_ready: bool = True, timeout_s: float = 180) -> ServiceProcess:
+    """Start ``nimrag serve <service>`` on a free loopback port and (optionally) wait for /v1/health/ready."""
+    port = free_port()
+    log_path = tmp_dir / f"{service}-{port}.log"
+    full_env = {**os.environ, "NIMRAG_EMBED_CACHE_PATH": str(model_cache()), **(env or {})}
+    process = subprocess.Popen([sys.executable, "-m", "nimrag.cli", "serve", service, "--port", str(port),
+                                *(args or [])], cwd=REPO, env=full_env, stdout=log_path.open("wb"),
+                               stderr=subprocess.STDOUT)
+    svc = ServiceProcess(service, port, process, log_path)
+    if wait_ready:
+        wait_until_ready(svc, timeout_s)
+    return svc
+
+
+def wait_until_ready(svc: ServiceProcess, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if svc.process.poll() is not None:
+            raise RuntimeError(f"{svc.name} exited with {svc.process.returncode}:\n{svc.log()[-4000:]}")
+        try:
+            status = httpx.get(svc.base_url + "/v1/health/ready", timeout=2).status_code
+            svc.ready_statuses.append(status)
+            if status == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    svc.stop()
+    raise TimeoutError(f"{svc.name} not ready after {timeout_s} s:\n{svc.log()[-4000:]}")
+
+
+def model_cache() -> Path:
+    """One exported-model cache for the whole test run (exports take seconds; do them once)."""
+    path = Path(os.environ.get("NIMRAG_TEST_CACHE", REPO / ".cache" / "test-models"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def service_tmp(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(scope="session")
+def embed_service(service_tmp) -> Iterator[ServiceProcess]:
+    """The embedding service with its defaults: the bundled model and the auto-selected profile."""
+    svc = start_service("embed", service_tmp)
+    yield svc
+    svc.stop()
