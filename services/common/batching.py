@@ -40,21 +40,29 @@ class _Entry(Generic[T, R]):
 class BatchLimits:
     max_items: int = 64
     max_tokens: int = 16384  # padded tokens: items x longest item in the batch
-    max_wait_s: float = 0.002
+    max_wait_s: float = 0.0  # how long to hold a not-full batch for more work
     max_queue_items: int = 8192
+    # Cut a batch when padding would make it this many times its real tokens: compute spent on padding is
+    # wasted, and a round of one-text requests of mixed length pads to ~2x (measured with bench/embed.py).
+    max_padding_ratio: float = 1.25
 
 
-def plan_batches(costs: Sequence[int], max_items: int, max_tokens: int) -> list[list[int]]:
+def plan_batches(costs: Sequence[int], max_items: int, max_tokens: int,
+                 max_padding_ratio: float = float("inf")) -> list[list[int]]:
     """Indices sorted by cost, cut so that each batch's padded size (count x longest) stays in bounds."""
     order = sorted(range(len(costs)), key=costs.__getitem__)
     batches: list[list[int]] = []
     current: list[int] = []
+    real = 0
     for idx in order:
-        padded = (len(current) + 1) * costs[idx]  # sorted ascending, so this item is the longest so far
-        if current and (len(current) >= max_items or padded > max_tokens):
+        cost = costs[idx]
+        padded = (len(current) + 1) * cost  # sorted ascending, so this item is the longest so far
+        if current and (len(current) >= max_items or padded > max_tokens or
+                        padded > max_padding_ratio * (real + cost)):
             batches.append(current)
-            current = []
+            current, real = [], 0
         current.append(idx)
+        real += cost
     if current:
         batches.append(current)
     return batches
@@ -149,7 +157,8 @@ class DynamicBatcher(Generic[T, R]):
     async def _run_round(self, loop: asyncio.AbstractEventLoop, entries: list[_Entry]) -> None:
         flat = [(e, i) for e in entries for i in range(len(e.items))]
         costs = [e.costs[i] for e, i in flat]
-        for batch in plan_batches(costs, self.limits.max_items, self.limits.max_tokens):
+        limits = self.limits
+        for batch in plan_batches(costs, limits.max_items, limits.max_tokens, limits.max_padding_ratio):
             members = [flat[j] for j in batch if not flat[j][0].future.done()]
             if not members:
                 continue

@@ -28,6 +28,7 @@ class Profile:
     max_batch_items: int
     max_batch_tokens: int
     rank: int  # higher wins among compatible profiles
+    batch_wait_ms: float = 0.0  # hold a not-full batch this long for more work (pays off where batches are cheap)
     description: str = ""
     threads: int | None = None  # None: one per physical core
     min_gpus: int = 0

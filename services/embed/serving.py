@@ -50,9 +50,10 @@ class EmbeddingServing(ModelServing):
         self.engine.warm_up()
 
     async def on_loaded(self) -> None:
+        wait_ms = self.settings.max_batch_wait_ms
         limits = BatchLimits(max_items=self.settings.max_batch_items or self.profile.max_batch_items,
                              max_tokens=self.profile.max_batch_tokens,
-                             max_wait_s=self.settings.max_batch_wait_ms / 1000,
+                             max_wait_s=(self.profile.batch_wait_ms if wait_ms is None else wait_ms) / 1000,
                              max_queue_items=self.settings.max_queue_items)
         self.batcher = DynamicBatcher(self._run_batch, limits, self.metrics, name="embed")
         self.batcher.start()

@@ -22,6 +22,12 @@ def test_plan_batches_sorts_by_cost_and_respects_item_and_token_bounds():
     assert plan_batches([50, 1], max_items=10, max_tokens=20) == [[1], [0]]
 
 
+def test_plan_batches_cuts_where_padding_would_waste_compute():
+    # 10, 11, 12 pad to 36 for 33 real tokens (1.09x); adding 30 would pad to 120 for 63 (1.9x): cut there.
+    assert plan_batches([10, 30, 11, 12, 31], max_items=64, max_tokens=10_000, max_padding_ratio=1.25) == \
+        [[0, 2, 3], [1, 4]]
+
+
 class Recorder:
     """Squares numbers and records the batches it was given; can be held closed to let a queue build up."""
 
@@ -68,7 +74,8 @@ def test_batches_are_bounded_and_length_sorted():
     async def body(batcher):
         return await batcher.submit(list(range(10)), [10 - i for i in range(10)])
 
-    assert asyncio.run(_with_batcher(recorder, BatchLimits(max_items=4), body)) == [i * i for i in range(10)]
+    assert asyncio.run(_with_batcher(recorder, BatchLimits(max_items=4, max_padding_ratio=float("inf")), body)) == \
+        [i * i for i in range(10)]
     assert [len(b) for b in recorder.batches] == [4, 4, 2]
     assert recorder.batches[0] == [9, 8, 7, 6]  # cheapest (shortest) first
 

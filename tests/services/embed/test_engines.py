@@ -44,9 +44,11 @@ def test_backend_matches_fp32_reference(profile, model_and_tokenizer, reference_
     got = np.empty((len(TEXTS), reference_embeddings.shape[1]), dtype=np.float32)
     got[first] = engine.embed([ids[i] for i in first])
     got[second] = engine.embed([ids[i] for i in second])
-    cos = cosine_rows(got, reference_embeddings)
-    assert cos.min() >= MIN_COSINE, f"{profile.id}: min cosine {cos.min():.4f} (text {int(cos.argmin())})"
-    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)  # the model normalizes
+    alone = np.concatenate([engine.embed([x]) for x in ids])  # short texts alone are where int8 is weakest
+    for name, vectors in (("batched", got), ("alone", alone)):
+        cos = cosine_rows(vectors, reference_embeddings)
+        assert cos.min() >= MIN_COSINE, f"{profile.id} {name}: min cosine {cos.min():.4f} (text {int(cos.argmin())})"
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)  # the model normalizes
 
 
 def test_batch_composition_does_not_change_results(model_and_tokenizer):

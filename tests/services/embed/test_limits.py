@@ -22,6 +22,7 @@ LIMITS = {
     "NIMRAG_EMBED_MAX_BATCH_WAIT_MS": "400",
     "NIM_MODEL_PROFILE": "torch-cpu-fp32",
     "NIM_SERVED_MODEL_NAME": "my-embedder",
+    "OTEL_TRACES_EXPORTER": "console",
 }
 
 
@@ -109,3 +110,9 @@ def test_metrics_count_refusals(http):
     metrics = http.get("/v1/metrics").text
     assert 'nimrag_rejected_requests_total{reason="queue_full"}' in metrics
     assert 'nimrag_rejected_requests_total{reason="input_too_long"}' in metrics
+
+
+def test_requests_are_traced_with_their_request_id(strict_service, http):
+    http.post("/v1/embeddings", json={"input": "traced"}, headers={"X-Request-Id": "trace-me-1"})
+    log = strict_service.log()
+    assert '"name": "POST /v1/embeddings"' in log and '"nimrag.request_id": "trace-me-1"' in log
