@@ -9,12 +9,12 @@ import platform
 from collections.abc import Sequence
 
 from fastapi import APIRouter, FastAPI, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from services.common.errors import install_error_handlers
 from services.common.metrics import ServiceMetrics
 from services.common.middleware import RequestContextMiddleware
-from services.common.serving import ModelServing, ModelState
+from services.common.serving import ModelServing
 from services.common.settings import ServiceSettings
 from services.common.tracing import make_tracer
 
@@ -42,14 +42,9 @@ def common_router() -> APIRouter:
         return {"object": "health.response", "message": "Service is live.", "status": "live"}
 
     @router.get("/v1/health/ready")
-    async def ready(request: Request) -> Response:
-        serving = get_serving(request)
-        if serving.state is ModelState.READY:
-            return JSONResponse({"object": "health.response", "message": "Service is ready.", "status": "ready"})
-        message = ("Model failed to load: " + (serving.load_error or "")) if serving.state is ModelState.FAILED \
-            else "Model is loading."
-        return JSONResponse({"object": "health.response", "message": message, "status": serving.state.value},
-                            status_code=503, headers={"Retry-After": "5"})
+    async def ready(request: Request) -> dict:
+        get_serving(request).ensure_ready()  # 503 in the error shape, as NIM, while loading or after a failure
+        return {"object": "health.response", "message": "Service is ready.", "status": "ready"}
 
     @router.get("/v1/models")
     async def models(request: Request) -> dict:

@@ -113,8 +113,9 @@ class ServiceNotReadyError(APIError):
     status_code = 503
     error_type = "service_unavailable"
 
-    def __init__(self, message: str = "The model is still loading; retry shortly.", retry_after_s: int = 5):
-        super().__init__(message, code="model_not_ready", headers={"Retry-After": str(retry_after_s)})
+    def __init__(self, message: str = "The model is still loading; retry shortly.", retry_after_s: int = 5,
+                 code: str = "model_not_ready"):
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
 
 
 class ClientDisconnected(APIError):

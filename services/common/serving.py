@@ -64,7 +64,8 @@ class ModelServing(ABC):
 
     def ensure_ready(self) -> None:
         if self.state is ModelState.FAILED:
-            raise ServiceNotReadyError(f"The model failed to load: {self.load_error}", retry_after_s=60)
+            raise ServiceNotReadyError(f"The model failed to load: {self.load_error}", retry_after_s=60,
+                                       code="model_load_failed")
         if self.state is not ModelState.READY:
             raise ServiceNotReadyError()
 

@@ -21,12 +21,13 @@ def test_model_that_fails_to_load_reports_503_with_the_reason(service_tmp, tmp_p
         while time.monotonic() < deadline:
             try:
                 ready = httpx.get(svc.base_url + "/v1/health/ready", timeout=2)
-                if ready.json()["status"] == "failed":
+                if ready.json()["error"]["code"] == "model_load_failed":
                     break
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        assert ready is not None and ready.status_code == 503 and "failed to load" in ready.json()["message"]
+        assert ready is not None and ready.status_code == 503
+        assert "failed to load" in ready.json()["error"]["message"] and ready.headers["retry-after"]
         assert httpx.get(svc.base_url + "/v1/health/live").status_code == 200
         refused = httpx.post(svc.base_url + "/v1/embeddings", json={"input": "x"})
         assert refused.status_code == 503 and "failed to load" in refused.json()["error"]["message"]
