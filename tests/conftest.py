@@ -38,6 +38,13 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_log(self, needle: str, timeout_s: float = 5) -> str:
+        """The log once it contains ``needle``: lines written after a response has gone out may trail it."""
+        deadline = time.monotonic() + timeout_s
+        while needle not in (text := self.log()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return text
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

@@ -114,5 +114,5 @@ def test_metrics_count_refusals(http):
 
 def test_requests_are_traced_with_their_request_id(strict_service, http):
     http.post("/v1/embeddings", json={"input": "traced"}, headers={"X-Request-Id": "trace-me-1"})
-    log = strict_service.log()
+    log = strict_service.wait_for_log('"nimrag.request_id": "trace-me-1"')
     assert '"name": "POST /v1/embeddings"' in log and '"nimrag.request_id": "trace-me-1"' in log
