@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from services.common.batching import BatchLimits, plan_batches
+from services.common.batching import plan_batches
 from services.common.hardware import HardwareInfo, probe
 from services.common.profiles import Profile, evaluate, select_profile
 from services.common.settings import default_cache_path
@@ -202,7 +202,7 @@ def bench_engine(profile: Profile, model: EmbeddingModelInfo, tokenizer: TextTok
     def embed(texts: list[str]) -> None:
         ids = tokenizer.encode(texts, truncate="END")
         for batch in plan_batches([len(x) for x in ids], profile.max_batch_items, profile.max_batch_tokens,
-                                  BatchLimits().max_padding_ratio):
+                                  profile.max_padding_ratio):
             engine.embed([ids[i] for i in batch])
 
     result = work.measure(f"engine {profile.id}", profile.id, profile.device, profile.max_batch_items, embed)

@@ -29,6 +29,7 @@ class Profile:
     max_batch_tokens: int
     rank: int  # higher wins among compatible profiles
     batch_wait_ms: float = 0.0  # hold a not-full batch this long for more work (pays off where batches are cheap)
+    max_padding_ratio: float = 1.25  # cut a batch where padding would exceed this multiple of its real tokens
     description: str = ""
     threads: int | None = None  # None: one per physical core
     min_gpus: int = 0

@@ -14,7 +14,7 @@ import numpy as np
 import orjson
 
 from services.common.batching import BatchLimits, DynamicBatcher
-from services.common.errors import InvalidRequestError, ModelNotFoundError
+from services.common.errors import InvalidRequestError
 from services.common.hardware import HardwareInfo
 from services.common.metrics import ServiceMetrics
 from services.common.profiles import ProfileChoice
@@ -54,7 +54,8 @@ class EmbeddingServing(ModelServing):
         limits = BatchLimits(max_items=self.settings.max_batch_items or self.profile.max_batch_items,
                              max_tokens=self.profile.max_batch_tokens,
                              max_wait_s=(self.profile.batch_wait_ms if wait_ms is None else wait_ms) / 1000,
-                             max_queue_items=self.settings.max_queue_items)
+                             max_queue_items=self.settings.max_queue_items,
+                             max_padding_ratio=self.profile.max_padding_ratio)
         self.batcher = DynamicBatcher(self._run_batch, limits, self.metrics, name="embed")
         self.batcher.start()
 
@@ -68,12 +69,11 @@ class EmbeddingServing(ModelServing):
     # --- identity ---------------------------------------------------------------------------------------------
     def resolve_input_type(self, requested_model: str | None) -> str | None:
         """Validate ``model``; a ``-query``/``-passage`` suffix on the served name selects the input type."""
-        if requested_model is None or requested_model == self.served_model_name:
-            return None
         for suffix, input_type in INPUT_TYPE_SUFFIXES.items():
             if requested_model == self.served_model_name + suffix:
                 return input_type
-        raise ModelNotFoundError(requested_model, self.served_names())
+        self.resolve_model(requested_model)
+        return None
 
     def model_cards(self) -> list[dict]:
         cards = super().model_cards()
