@@ -194,8 +194,9 @@ def bench_sentence_transformers(model: EmbeddingModelInfo, work: Workload, devic
 
 
 def bench_engine(profile: Profile, model: EmbeddingModelInfo, tokenizer: TextTokenizer, hw: HardwareInfo,
-                 cache: Path, work: Workload) -> InProcessResult:
-    """The service's engine called directly: tokenize, plan batches as the batcher does, embed."""
+                 cache: Path, work: Workload, one_at_a_time: bool) -> list[InProcessResult]:
+    """The service's engine called directly: tokenize, plan batches as the batcher does, embed. With
+    ``one_at_a_time`` also one text per call: what batching can gain at most on this machine."""
     engine = create_engine(profile, model, tokenizer, profile.resolved_threads(hw), cache)
     engine.warm_up()
 
@@ -205,10 +206,16 @@ def bench_engine(profile: Profile, model: EmbeddingModelInfo, tokenizer: TextTok
                                   profile.max_padding_ratio):
             engine.embed([ids[i] for i in batch])
 
-    result = work.measure(f"engine {profile.id}", profile.id, profile.device, profile.max_batch_items, embed)
+    def embed_singly(texts: list[str]) -> None:
+        for ids in tokenizer.encode(texts, truncate="END"):
+            engine.embed([ids])
+
+    results = [work.measure(f"engine {profile.id}", profile.id, profile.device, profile.max_batch_items, embed)]
+    if one_at_a_time:
+        results.append(work.measure(f"engine {profile.id} bs=1", profile.id, profile.device, 1, embed_singly))
     del engine
     gc.collect()
-    return result
+    return results
 
 
 # --- the service as a subprocess ------------------------------------------------------------------------------
@@ -490,7 +497,8 @@ def compute_ratios(inprocess: list[InProcessResult], http: list[LoadResult]) -> 
     for profile in dict.fromkeys(r.profile for r in http):
         levels = sorted((r for r in http if r.profile == profile), key=lambda r: r.clients)
         low, high = levels[0], levels[-1]
-        engine = next((r for r in inprocess if r.profile == profile), None)
+        engine = next((r for r in inprocess if r.profile == profile and r.batch_size > 1), None)
+        engine_singly = next((r for r in inprocess if r.profile == profile and r.batch_size == 1), None)
         device = engine.device if engine else "cpu"
         torch_ref = best_torch(inprocess, device)
         if torch_ref:
@@ -502,6 +510,10 @@ def compute_ratios(inprocess: list[InProcessResult], http: list[LoadResult]) -> 
         if engine:
             ratios.append(Ratio(f"{profile}: HTTP@{high.clients} / its engine in-process (service overhead)",
                                 high.texts_per_s / engine.texts_per_s, None))
+        if engine and engine_singly:
+            ratios.append(Ratio(f"{profile}: its engine in-process, batched / one text per call (the most "
+                                f"HTTP@{high.clients} / HTTP@{low.clients} can reach here)",
+                                engine.texts_per_s / engine_singly.texts_per_s, None))
     return ratios
 
 
@@ -577,7 +589,7 @@ def run_inprocess(args, hw: HardwareInfo, model: EmbeddingModelInfo, tokenizer: 
     # Every compatible CPU profile, plus the served ones (for the service-overhead ratio).
     for profile in [p for p in compatible if p.device == "cpu" or p in served]:
         print(f"  engine {profile.id} ...", flush=True)
-        results.append(bench_engine(profile, model, tokenizer, hw, args.cache, work))
+        results += bench_engine(profile, model, tokenizer, hw, args.cache, work, one_at_a_time=profile in served)
     return results
 
 
