@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from services.common.cancellation import cancel_on_disconnect
-from services.common.requests import json_body_openapi, parse_json_body
+from services.common.body import json_body_openapi, parse_json_body
 from services.embed.protocol import EmbeddingRequest
 
 router = APIRouter()
