@@ -13,17 +13,6 @@ from services.embed.tokenization import TextTokenizer
 WARMUP_TEXTS = ["warm-up", "A longer warm-up sentence so that the engine sees more than one sequence length."]
 
 
-def pad(ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad to the longest sequence; returns (input_ids, attention_mask) as int64."""
-    width = max(len(x) for x in ids)
-    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), width), dtype=np.int64)
-    for row, seq in enumerate(ids):
-        input_ids[row, : len(seq)] = seq
-        mask[row, : len(seq)] = 1
-    return input_ids, mask
-
-
 class EmbeddingEngine(ABC):
     def __init__(self, profile: Profile, model: EmbeddingModelInfo, tokenizer: TextTokenizer):
         self.profile = profile

@@ -1,126 +1,26 @@
-"""ONNX Runtime engine on CPU, fp32 or int8.
-
-The transformer is exported once from the model folder with torch and cached under the model cache
-(``NIM_CACHE_PATH``), keyed by the weights, so later starts skip it. int8 is ONNX Runtime's dynamic quantization
-(per-channel int8 weights, VNNI kernels) of the feed-forward up-projections only. Dynamic quantization scales
-activations per tensor, across the whole batch, so its error grows for short texts and depends on what a text is
-batched with; measured on MiniLM against the fp32 reference (tests/services/embed/test_engines.py texts, each
-alone and all in one batch), min cosine: every MatMul 0.983, all but the FFN outputs 0.987, all but the FFN
-outputs and the first layer 0.988, up-projections only 0.993 (at about 1.2x the fp32 speed).
-"""
+"""ONNX Runtime engine on CPU, fp32 or int8 (export, cache and quantization: services.common.onnx_models)."""
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from services.common.errors import StartupError
+from services.common.onnx_models import cpu_session, prepare_onnx
+from services.common.padding import pad
 from services.common.profiles import Profile
-from services.embed.engines.base import EmbeddingEngine, l2_normalize, pad, pool
+from services.embed.engines.base import EmbeddingEngine, l2_normalize, pool
 from services.embed.model import EmbeddingModelInfo
 from services.embed.tokenization import TextTokenizer
-
-EXPORT_VERSION = "3"  # bump when the export or quantization recipe changes, so caches are rebuilt
-_FFN_UP_PROJECTION = re.compile(r"(intermediate/dense|mlp/(fc1|up_proj|gate_proj))/MatMul$")
-log = logging.getLogger("nimrag.embed.onnx")
-
-
-def _cache_key(model_dir: Path) -> str:
-    h = hashlib.sha256(EXPORT_VERSION.encode())
-    for f in sorted(model_dir.glob("*")):
-        if f.is_file() and f.suffix in (".json", ".safetensors", ".bin"):
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    return h.hexdigest()[:16]
-
-
-def _atomic_target(final: Path):
-    """A temporary path beside ``final``; the caller renames it into place when complete."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=final.name + ".", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
-def export_fp32(model: EmbeddingModelInfo, input_names: tuple[str, ...], target: Path) -> None:
-    import torch
-    from transformers import AutoModel
-
-    hf = AutoModel.from_pretrained(str(model.path), local_files_only=True).eval()
-
-    class LastHiddenState(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, *tensors):
-            return self.inner(**dict(zip(input_names, tensors))).last_hidden_state
-
-    dummy = tuple(torch.ones((2, 8), dtype=torch.long) for _ in input_names)
-    axes = {n: {0: "batch", 1: "sequence"} for n in (*input_names, "last_hidden_state")}
-    tmp = _atomic_target(target)
-    try:
-        with torch.inference_mode():
-            torch.onnx.export(LastHiddenState(hf), dummy, str(tmp), input_names=list(input_names),
-                              output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17,
-                              dynamo=False)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def quantize_int8(source: Path, target: Path) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    graph = onnx.load(str(source), load_external_data=False).graph
-    chosen = [n.name for n in graph.node if n.op_type == "MatMul" and _FFN_UP_PROJECTION.search(n.name)]
-    if not chosen:
-        raise StartupError("the int8 profile does not recognise this architecture's feed-forward layers; "
-                           "pin onnx-cpu-fp32 instead")
-    tmp = _atomic_target(target)
-    try:
-        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"], nodes_to_quantize=chosen,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def prepare_onnx(model: EmbeddingModelInfo, input_names: tuple[str, ...], precision: str, cache_dir: Path) -> Path:
-    folder = cache_dir / "embed" / f"{re.sub(r'[^A-Za-z0-9._-]', '_', model.name)}-{_cache_key(model.path)}"
-    fp32 = folder / "model-fp32.onnx"
-    if not fp32.is_file():
-        log.info("exporting the model to ONNX", extra={"target": str(fp32)})
-        export_fp32(model, input_names, fp32)
-    if precision == "fp32":
-        return fp32
-    int8 = folder / "model-int8.onnx"
-    if not int8.is_file():
-        log.info("quantizing the ONNX model to int8", extra={"target": str(int8)})
-        quantize_int8(fp32, int8)
-    return int8
 
 
 class OnnxEngine(EmbeddingEngine):
     def __init__(self, profile: Profile, model: EmbeddingModelInfo, tokenizer: TextTokenizer, threads: int,
                  cache_dir: Path):
         super().__init__(profile, model, tokenizer)
-        import onnxruntime as ort
-
-        self.model_file = prepare_onnx(model, tokenizer.input_names, profile.precision, cache_dir)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(str(self.model_file), options, providers=["CPUExecutionProvider"])
+        self.model_file = prepare_onnx(model.path, model.name, tokenizer.input_names, "last_hidden_state",
+                                       profile.precision, cache_dir)
+        self._session = cpu_session(self.model_file, threads)
         self._inputs = [i.name for i in self._session.get_inputs()]
 
     def embed(self, ids: list[list[int]]) -> np.ndarray:

@@ -8,7 +8,8 @@ import contextlib
 import numpy as np
 
 from services.common.profiles import Profile
-from services.embed.engines.base import EmbeddingEngine, pad
+from services.common.padding import pad
+from services.embed.engines.base import EmbeddingEngine
 from services.embed.model import EmbeddingModelInfo
 from services.embed.tokenization import TextTokenizer
 
