@@ -40,7 +40,7 @@ from services.common.profiles import Profile, evaluate, select_profile
 from services.common.settings import default_cache_path
 from services.embed.engines import create_engine
 from services.embed.model import EmbeddingModelInfo, load_model_info
-from services.embed.profiles import EMBED_PROFILES
+from services.common.encoder_profiles import ENCODER_PROFILES
 from services.embed.settings import EmbedSettings
 from services.embed.tokenization import TextTokenizer
 
@@ -565,11 +565,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def http_profiles(args, hw: HardwareInfo) -> list[Profile]:
     """The profiles to serve: --profiles, --all-profiles, or the one the service would pick itself."""
-    compatible, incompatible = evaluate(EMBED_PROFILES, hw)
+    compatible, incompatible = evaluate(ENCODER_PROFILES, hw)
     if args.all_profiles:
         return compatible
     if not args.profiles:
-        return [select_profile(EMBED_PROFILES, hw, EmbedSettings().profile).profile]
+        return [select_profile(ENCODER_PROFILES, hw, EmbedSettings().profile).profile]
     by_id = {p.id: p for p in compatible}
     why = {p.id: "; ".join(reasons) for p, reasons in incompatible}
     wanted = [x.strip() for x in args.profiles.split(",") if x.strip()]
@@ -603,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(name, "1")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     hw = probe()
-    compatible, _ = evaluate(EMBED_PROFILES, hw)
+    compatible, _ = evaluate(ENCODER_PROFILES, hw)
     served = http_profiles(args, hw)
     model = load_model_info(EmbedSettings(cache_path=args.cache))
     tokenizer = TextTokenizer(model.path, model.max_tokens)

@@ -3,34 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable
+
+
+def _load(target: str):
+    """Import ``module:attribute`` on demand, so the CLI starts fast and loads only the service it runs."""
+    module_name, attribute = target.split(":")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 @dataclass(frozen=True)
 class ServiceEntry:
-    settings: Callable  # () -> ServiceSettings subclass
-    profiles: Callable  # () -> list[Profile]
-    app_factory: str  # "module:function" for uvicorn --factory
-
-
-def _embed_settings():
-    from services.embed.settings import EmbedSettings
-
-    return EmbedSettings
-
-
-def _embed_profiles():
-    from services.embed.profiles import EMBED_PROFILES
-
-    return EMBED_PROFILES
+    settings: str  # "module:Class" of the service's settings
+    profiles: str  # "module:LIST" of its optimization profiles
+    app_factory: str  # "module:function" building its app from settings
 
 
 SERVICES: dict[str, ServiceEntry] = {
-    "embed": ServiceEntry(_embed_settings, _embed_profiles, "services.embed.app:create_app"),
+    "embed": ServiceEntry("services.embed.settings:EmbedSettings",
+                          "services.common.encoder_profiles:ENCODER_PROFILES", "services.embed.app:create_app"),
+    "rerank": ServiceEntry("services.rerank.settings:RerankSettings",
+                           "services.rerank.profiles:RERANK_PROFILES", "services.rerank.app:create_app"),
 }
 
 
@@ -51,12 +48,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     entry = SERVICES[args.service]
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "profile": args.profile,
                                    "model": args.model}.items() if v is not None}
-    settings = entry.settings()(**overrides)
+    settings = _load(entry.settings)(**overrides)
     configure_logging(settings.log_level, settings.json_logs)
-    module_name, func_name = entry.app_factory.split(":")
-    module = __import__(module_name, fromlist=[func_name])
     try:
-        app = getattr(module, func_name)(settings)
+        app = _load(entry.app_factory)(settings)
     except StartupError as exc:
         print(f"nimrag: {exc}", file=sys.stderr)
         return 2
@@ -73,9 +68,9 @@ def cmd_profiles_list(args: argparse.Namespace) -> int:
     report = {}
     for name in names:
         entry = SERVICES[name]
-        profiles = entry.profiles()
+        profiles = _load(entry.profiles)
         compatible, incompatible = evaluate(profiles, hw)
-        pinned = entry.settings()().profile
+        pinned = _load(entry.settings)().profile
         try:
             selected = select_profile(profiles, hw, pinned).profile.id
         except ProfileError as exc:

@@ -60,7 +60,7 @@ def start_service(service: str, tmp_dir: Path, env: dict[str, str] | None = None
     """Start ``nimrag serve <service>`` on a free loopback port and (optionally) wait for /v1/health/ready."""
     port = free_port()
     log_path = tmp_dir / f"{service}-{port}.log"
-    full_env = {**os.environ, "NIMRAG_EMBED_CACHE_PATH": str(model_cache()), **(env or {})}
+    full_env = {**os.environ, "NIM_CACHE_PATH": str(model_cache()), **(env or {})}
     process = subprocess.Popen([sys.executable, "-m", "nimrag.cli", "serve", service, "--port", str(port),
                                 *(args or [])], cwd=REPO, env=full_env, stdout=log_path.open("wb"),
                                stderr=subprocess.STDOUT)

@@ -1,12 +1,15 @@
 """compose.yaml checked statically (no Docker engine here): every service builds from a Dockerfile that exists,
-publishes the port its settings default to, and is health-checked on /v1/health/ready."""
+as the service its name says, publishes the port that service listens on, and is health-checked on
+/v1/health/ready."""
 
 from __future__ import annotations
 
 import re
 
+import pytest
 import yaml
 
+from nimrag.cli import SERVICES, _load
 from tests.conftest import REPO
 
 
@@ -14,23 +17,25 @@ def _compose() -> dict:
     return yaml.safe_load((REPO / "compose.yaml").read_text())
 
 
-def test_every_service_builds_from_an_existing_dockerfile_and_is_health_checked():
-    services = _compose()["services"]
-    assert "embed" in services
-    for name, svc in services.items():
-        dockerfile = REPO / svc["build"]["context"] / svc["build"]["dockerfile"]
-        assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
-        assert "/v1/health/ready" in " ".join(svc["healthcheck"]["test"])
-        text = dockerfile.read_text()
-        port = re.search(r"--port\", \"(\d+)\"", text).group(1)
-        assert any(p.endswith(f":{port}") for p in svc["ports"]), f"{name} does not publish {port}"
-        for copied in re.findall(r"^COPY (\S+) ", text, flags=re.M):
-            for path in copied.split():
-                assert (REPO / path).exists(), f"{dockerfile} copies missing {path}"
+@pytest.mark.parametrize("name,svc", list(_compose()["services"].items()))
+def test_service_builds_runs_and_is_health_checked(name, svc):
+    dockerfile = REPO / svc["build"]["context"] / svc["build"]["dockerfile"]
+    assert dockerfile.is_file()
+    for copied in re.findall(r"^COPY (\S+) ", dockerfile.read_text(), flags=re.M):
+        assert (REPO / copied).exists(), f"{dockerfile} copies missing {copied}"
+    args = svc["build"]["args"]
+    assert args["SERVICE"] in SERVICES, f"{name} builds unknown service {args['SERVICE']}"
+    assert any(p.endswith(f":{args['PORT']}") and p.startswith("127.0.0.1:") for p in svc["ports"])
+    assert "/v1/health/ready" in " ".join(svc["healthcheck"]["test"])
 
 
-def test_ports_match_service_defaults_and_bind_loopback():
-    from services.embed.settings import EmbedSettings
+def test_ports_are_the_services_own_defaults():
+    for name, svc in _compose()["services"].items():
+        args = svc["build"]["args"]
+        settings = _load(SERVICES[args["SERVICE"]].settings)
+        assert int(args["PORT"]) == settings.model_fields["port"].default, name
 
-    ports = _compose()["services"]["embed"]["ports"]
-    assert ports == [f"127.0.0.1:{EmbedSettings.model_fields['port'].default}:8001"]
+
+def test_every_service_is_in_compose():
+    built = {svc["build"]["args"]["SERVICE"] for svc in _compose()["services"].values()}
+    assert built == set(SERVICES)

@@ -11,7 +11,7 @@ from services.common.hardware import HardwareInfo, probe
 from services.common.metrics import ServiceMetrics
 from services.common.profiles import select_profile
 from services.embed.model import load_model_info
-from services.embed.profiles import EMBED_PROFILES
+from services.common.encoder_profiles import ENCODER_PROFILES
 from services.embed.router import router
 from services.embed.serving import EmbeddingServing
 from services.embed.settings import EmbedSettings
@@ -20,7 +20,7 @@ from services.embed.settings import EmbedSettings
 def create_app(settings: EmbedSettings | None = None, hardware: HardwareInfo | None = None) -> FastAPI:
     settings = settings or EmbedSettings()
     hardware = hardware or probe()
-    choice = select_profile(EMBED_PROFILES, hardware, settings.profile)
+    choice = select_profile(ENCODER_PROFILES, hardware, settings.profile)
     model = load_model_info(settings)
     logging.getLogger("nimrag.embed").info(
         "selected profile", extra={"profile": choice.profile.id, "pinned": choice.pinned, "model": model.name,

@@ -1,1 +1,1 @@
-"""The reranking microservice (NIM /v1/ranking). Not built yet: tracked in issue 3."""
+"""The reranking microservice: NIM's ``POST /v1/ranking`` and the Cohere-style ``POST /v1/rerank``."""

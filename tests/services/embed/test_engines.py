@@ -9,7 +9,7 @@ from services.common.hardware import probe
 from services.common.profiles import incompatibilities
 from services.embed.engines import create_engine
 from services.embed.model import load_model_info
-from services.embed.profiles import EMBED_PROFILES
+from services.common.encoder_profiles import ENCODER_PROFILES
 from services.embed.settings import EmbedSettings
 from services.embed.tokenization import TextTokenizer
 from tests.conftest import model_cache
@@ -30,7 +30,7 @@ def _profile_param(profile):
     return pytest.param(profile, id=profile.id, marks=marks)
 
 
-@pytest.mark.parametrize("profile", [_profile_param(p) for p in EMBED_PROFILES])
+@pytest.mark.parametrize("profile", [_profile_param(p) for p in ENCODER_PROFILES])
 def test_backend_matches_fp32_reference(profile, model_and_tokenizer, reference_embeddings):
     reasons = incompatibilities(profile, HARDWARE)
     if reasons:
@@ -54,7 +54,7 @@ def test_backend_matches_fp32_reference(profile, model_and_tokenizer, reference_
 def test_batch_composition_does_not_change_results(model_and_tokenizer):
     """Padding next to a longer text must not change a text's embedding."""
     model, tokenizer = model_and_tokenizer
-    profile = next(p for p in EMBED_PROFILES if p.id == "torch-cpu-fp32")
+    profile = next(p for p in ENCODER_PROFILES if p.id == "torch-cpu-fp32")
     engine = create_engine(profile, model, tokenizer, profile.resolved_threads(HARDWARE), model_cache())
     ids = tokenizer.encode(TEXTS, truncate="END")
     alone = engine.embed([ids[0]])

@@ -1,4 +1,5 @@
-"""The embedding service's optimization profiles, ranked by measured speed as a service (bench/embed.py).
+"""Optimization profiles of the transformer-encoder services (embed, rerank), ranked by measured speed as a
+service (bench/embed.py).
 
 The service mostly runs small batches (a round of concurrent requests, cut where padding would waste work), and
 there ONNX Runtime is several times faster than PyTorch on CPU: PyTorch's small-matrix GEMMs dominate its time
@@ -16,7 +17,7 @@ _CPU_BATCH = {"max_batch_items": 64, "max_batch_tokens": 8192}
 # hard; on a GPU a bigger batch is nearly free, so a short wait for more requests pays and padding matters less.
 _GPU_BATCH = {"max_batch_items": 512, "max_batch_tokens": 131072, "batch_wait_ms": 2.0, "max_padding_ratio": 3.0}
 
-EMBED_PROFILES: list[Profile] = [
+ENCODER_PROFILES: list[Profile] = [
     Profile("torch-cuda-bf16", "torch", "cuda", "bf16", rank=100, min_gpus=1, min_gpu_memory_gib=2,
             min_compute_capability=(8, 0), python_modules=("torch",),
             description="PyTorch on one GPU in bf16 (Ampere and newer)", **_GPU_BATCH),

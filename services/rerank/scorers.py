@@ -1,0 +1,212 @@
+"""Scorers behind one small interface: turn (query, passages) into items for the batcher, score a batch of items,
+and read one score per passage from the results.
+
+- CrossEncoderScorer: query and passage tokenized as one pair, one logit per pair (PyTorch or ONNX Runtime).
+- BiEncoderScorer: query and passages embedded separately by the embedding engines, scored by cosine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.common.padding import pad, pad_zeros
+from services.common.profiles import Profile
+from services.rerank.model import BI_ENCODER, CROSS_ENCODER, RerankModelInfo
+
+WARMUP = ("warm-up query", ["a passage", "a somewhat longer passage, so more than one length is seen"])
+
+
+class RankingTooLongError(ValueError):
+    """A query or query+passage is over the token limit under truncate=NONE (or the query alone is)."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    items: list[Any]
+    costs: list[int]  # tokens per item, for batching
+    tokens: int  # tokens processed, for usage
+
+
+class Scorer(ABC):
+    kind: str
+
+    def __init__(self, model: RerankModelInfo, profile: Profile):
+        self.model = model
+        self.profile = profile
+
+    @abstractmethod
+    def prepare(self, query: str, passages: list[str], truncate: str) -> Prepared:
+        """Tokenize and check lengths (cheap; may run on the event loop for small requests)."""
+
+    @abstractmethod
+    def run_batch(self, items: list[Any]) -> list[Any]:
+        """Model work on a batch of items; runs in the batcher's worker thread."""
+
+    @abstractmethod
+    def scores(self, results: list[Any]) -> np.ndarray:
+        """One score (NIM's ``logit``) per passage from the results of one request's items, in order."""
+
+    @abstractmethod
+    def relevance(self, scores: np.ndarray) -> np.ndarray:
+        """``relevance_score`` for the Cohere-style API."""
+
+    def warm_up(self) -> None:
+        prepared = self.prepare(WARMUP[0], list(WARMUP[1]), "END")
+        self.scores(self.run_batch(prepared.items))
+
+    def describe(self) -> dict:
+        return {"scorer": self.kind, "backend": self.profile.backend, "device": self.profile.device,
+                "precision": self.profile.precision}
+
+
+class BiEncoderScorer(Scorer):
+    kind = BI_ENCODER
+
+    def __init__(self, model: RerankModelInfo, profile: Profile, threads: int, cache_dir: Path):
+        super().__init__(model, profile)
+        from services.embed.engines import create_engine
+        from services.embed.model import load_model_info
+        from services.embed.settings import EmbedSettings
+        from services.embed.tokenization import TextTokenizer
+
+        info = load_model_info(EmbedSettings(model=str(model.path), max_tokens=model.max_tokens,
+                                             served_model_name=model.name))
+        self.tokenizer = TextTokenizer(info.path, info.max_tokens)
+        self.engine = create_engine(profile, info, self.tokenizer, threads, cache_dir)
+
+    def prepare(self, query: str, passages: list[str], truncate: str) -> Prepared:
+        from services.embed.tokenization import InputTooLongError
+
+        try:
+            ids = self.tokenizer.encode([query, *passages], truncate)
+        except InputTooLongError as exc:
+            what = "query" if exc.index == 0 else f"passages[{exc.index - 1}]"
+            raise RankingTooLongError(f"{what} has {exc.length} tokens, more than the model's limit of "
+                                      f"{exc.limit}; shorten it or set truncate to END.") from None
+        costs = [len(x) for x in ids]
+        return Prepared(ids, costs, sum(costs))
+
+    def run_batch(self, items: list[list[int]]) -> list[np.ndarray]:
+        return list(self.engine.embed(items))
+
+    def scores(self, results: list[np.ndarray]) -> np.ndarray:
+        vectors = np.stack(results)
+        vectors /= np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+        return vectors[1:] @ vectors[0]
+
+    def relevance(self, scores: np.ndarray) -> np.ndarray:
+        return scores  # already a similarity in [-1, 1]
+
+
+class CrossEncoderScorer(Scorer):
+    kind = CROSS_ENCODER
+
+    def __init__(self, model: RerankModelInfo, profile: Profile):
+        super().__init__(model, profile)
+        from tokenizers import Tokenizer
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(str(model.path), local_files_only=True)
+        self.pad_id = hf.pad_token_id if hf.pad_token_id is not None else 0
+        self.input_names = tuple(hf.model_input_names)
+        self._full = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+        self._full.no_padding()
+        self._full.no_truncation()
+        self._cut = Tokenizer.from_str(self._full.to_str())
+        self._cut.enable_truncation(model.max_tokens, strategy="only_second")
+        self._special = self._full.num_special_tokens_to_add(is_pair=True)
+
+    def prepare(self, query: str, passages: list[str], truncate: str) -> Prepared:
+        limit = self.model.max_tokens
+        query_tokens = len(self._full.encode(query, add_special_tokens=False).ids)
+        if query_tokens + self._special + 1 > limit:
+            raise RankingTooLongError(f"query has {query_tokens} tokens; with a passage and "
+                                      f"{self._special} special tokens it cannot fit the limit of {limit}.")
+        encodings = self._full.encode_batch([(query, p) for p in passages])
+        over = [i for i, e in enumerate(encodings) if len(e.ids) > limit]
+        if over and truncate == "NONE":
+            i, total = over[0], len(encodings[over[0]].ids)
+            raise RankingTooLongError(
+                f"query ({query_tokens} tokens) + passages[{i}] ({total - query_tokens - self._special} tokens) "
+                f"+ {self._special} special tokens = {total} tokens, more than the model's limit of {limit}; "
+                "shorten it or set truncate to END.")
+        for i, enc in zip(over, self._cut.encode_batch([(query, passages[i]) for i in over])):
+            encodings[i] = enc
+        items = [(e.ids, e.type_ids) for e in encodings]
+        costs = [len(ids) for ids, _ in items]
+        return Prepared(items, costs, sum(costs))
+
+    def run_batch(self, items: list[tuple[list[int], list[int]]]) -> list[float]:
+        input_ids, mask = pad([ids for ids, _ in items], self.pad_id)
+        type_ids = pad_zeros([types for _, types in items], input_ids.shape[1])
+        return list(self._logits(input_ids, mask, type_ids))
+
+    @abstractmethod
+    def _logits(self, input_ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray) -> np.ndarray:
+        """One logit per row."""
+
+    def scores(self, results: list[float]) -> np.ndarray:
+        return np.asarray(results, dtype=np.float32)
+
+    def relevance(self, scores: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-scores))  # sentence-transformers' CrossEncoder activation for one label
+
+
+class TorchCrossEncoder(CrossEncoderScorer):
+    def __init__(self, model: RerankModelInfo, profile: Profile, threads: int):
+        super().__init__(model, profile)
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        self._torch = torch
+        if profile.device == "cpu":
+            torch.set_num_threads(threads)
+        self.device = "cuda" if profile.device == "cuda" else "cpu"
+        net = AutoModelForSequenceClassification.from_pretrained(str(model.path), local_files_only=True).eval()
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(profile.precision)
+        if dtype is not None and self.device == "cuda":
+            net = net.to(dtype)
+        self._autocast_dtype = dtype if self.device == "cpu" else None
+        self._net = net.to(self.device)
+
+    def _logits(self, input_ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": type_ids}
+        tensors = {n: torch.from_numpy(feeds[n]).to(self.device) for n in self.input_names if n in feeds}
+        autocast = (torch.autocast("cpu", dtype=self._autocast_dtype) if self._autocast_dtype
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            logits = self._net(**tensors).logits
+        return logits[:, 0].float().cpu().numpy()
+
+
+class OnnxCrossEncoder(CrossEncoderScorer):
+    def __init__(self, model: RerankModelInfo, profile: Profile, threads: int, cache_dir: Path):
+        super().__init__(model, profile)
+        from services.common.onnx_models import cpu_session, prepare_onnx
+
+        self.model_file = prepare_onnx(model.path, model.name, self.input_names, "logits", profile.precision,
+                                       cache_dir)
+        self._session = cpu_session(self.model_file, threads)
+        self._inputs = [i.name for i in self._session.get_inputs()]
+
+    def _logits(self, input_ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": type_ids}
+        return self._session.run(None, {n: feeds[n] for n in self._inputs})[0][:, 0]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "onnx_file": str(self.model_file)}
+
+
+def create_scorer(model: RerankModelInfo, profile: Profile, threads: int, cache_dir: Path) -> Scorer:
+    if model.scorer == BI_ENCODER:
+        return BiEncoderScorer(model, profile, threads, cache_dir)
+    if profile.backend == "onnxruntime":
+        return OnnxCrossEncoder(model, profile, threads, cache_dir)
+    return TorchCrossEncoder(model, profile, threads)

@@ -1,0 +1,22 @@
+"""Reranking service settings (``NIMRAG_RERANK_*``, plus the NIM names in :mod:`services.common.settings`)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class RerankSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="NIMRAG_RERANK_", extra="ignore")
+
+    port: int = Field(8002, ge=1, le=65535)
+    model: str | None = Field(None, description="A cross-encoder folder (sentence-transformers CrossEncoder or a "
+                                                "HF sequence-classification model with one label); default: a "
+                                                "bi-encoder scorer on the bundled all-MiniLM-L6-v2.")
+    max_passages: int = Field(512, ge=1, description="Most passages in one request.")
+    max_chars: int = Field(65536, ge=1, description="Most characters in the query or in one passage.")
+    max_tokens: int | None = Field(None, ge=8, description="Most tokens per scored sequence (default and ceiling: "
+                                                           "the model's).")
+    max_batch_items: int | None = Field(None, ge=1, description="Override the profile's batch size.")
