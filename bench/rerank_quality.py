@@ -17,10 +17,10 @@ words, no stemming) over title + " " + text, top 100 per query. Those 100 are re
 For reference, ``dense`` is exact cosine search with the bi-encoder over the whole corpus (reranking a dense top
 100 with the same bi-encoder would change nothing). Passages are cut to the model's 256 tokens. Embeddings come
 from the service's tokenizer (``TextTokenizer``, truncate END) and the sentence-transformers modules in fp32 on CPU,
-one forward pass giving both the pooled embedding and the token embeddings; they live in memory for the run only
-(token embeddings as float16). Metrics as pytrec_eval computes them for BEIR: nDCG@10 with gain = graded
-relevance, recall@k counting relevance >= 1. Per set, the paired difference of each late-interaction variant
-against the bi-encoder gets a bootstrap 95% interval and a sign-flip randomization p-value over queries.
+one forward pass giving both the pooled embedding and the token embeddings; they live in memory for the run
+only. Metrics as pytrec_eval computes them for BEIR: nDCG@10 with gain = graded relevance, recall@k counting
+relevance >= 1. Per set, the paired nDCG@10 difference of each late-interaction variant against the bi-encoder
+(and of the two variants) gets a bootstrap 95% interval and a sign-flip randomization p-value over queries.
 Results go to ``bench/results/rerank-quality-<timestamp>.json``.
 """
 
@@ -55,6 +55,7 @@ STOPWORDS = frozenset("a an and are as at be but by for if in into is it no not 
                       "there these they this to was will with".split())
 RERANKERS = ["bi-encoder", "LI-all", "LI-content", "RRF(BM25,bi)"]
 LATE_INTERACTION = {"LI-all": False, "LI-content": True}  # variant -> drop [CLS]/[SEP]
+COMPARED = [("LI-all", "bi-encoder"), ("LI-content", "bi-encoder"), ("LI-content", "LI-all")]  # paired nDCG@10
 
 
 # --- data -----------------------------------------------------------------------------------------------------
@@ -145,8 +146,11 @@ def top_k(scores: np.ndarray, k: int, min_score: float = -np.inf) -> np.ndarray:
 @dataclass
 class Encoded:
     vectors: np.ndarray  # (n, dim) float32, mean-pooled and normalized: the bi-encoder embedding
-    tokens: list[np.ndarray]  # per text (its tokens incl. [CLS]/[SEP], dim) float16, each row L2-normalized
+    # per text (its tokens incl. [CLS]/[SEP], dim), each row L2-normalized; float32 (scifact: ~1.9 GB) because
+    # numpy's float16 -> float32 conversion would cost more than the MaxSim itself
+    tokens: list[np.ndarray]
     seconds: float
+    cpu_seconds: float  # this process, all threads: well under threads x seconds means others took the CPU
     token_count: int
 
 
@@ -168,7 +172,7 @@ class Encoder:
         self.st = SentenceTransformer(str(self.model.path), device="cpu", local_files_only=True).eval()
 
     def encode(self, texts: list[str]) -> Encoded:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         ids = self.tokenizer.encode(texts, truncate="END")
         vectors = np.zeros((len(texts), self.model.dimension), dtype=np.float32)
         tokens: list[np.ndarray] = [np.empty(0)] * len(texts)
@@ -179,8 +183,9 @@ class Encoder:
             vectors[rows] = pooled
             for row, states in zip(rows, hidden):
                 states = states[: len(ids[row])]
-                tokens[row] = (states / np.linalg.norm(states, axis=1, keepdims=True)).astype(np.float16)
-        return Encoded(vectors, tokens, time.perf_counter() - start, sum(map(len, ids)))
+                tokens[row] = states / np.linalg.norm(states, axis=1, keepdims=True)
+        return Encoded(vectors, tokens, time.perf_counter() - start, time.process_time() - cpu_start,
+                       sum(map(len, ids)))
 
     def _forward(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
@@ -195,7 +200,7 @@ class Encoder:
             features["token_type_ids"] = torch.zeros_like(input_ids)
         with torch.inference_mode():
             out = self.st(features)
-        return out["sentence_embedding"].numpy(), out["token_embeddings"].numpy()
+        return out["sentence_embedding"].numpy(), out["token_embeddings"].float().numpy()
 
     def check_against_sentence_transformers(self, texts: list[str]) -> float:
         """Least cosine between our pooled vectors and ``SentenceTransformer.encode`` (catches padding mistakes)."""
@@ -216,8 +221,8 @@ def maxsim(query_tokens: np.ndarray, passages: list[np.ndarray]) -> np.ndarray:
     scores = np.full(len(passages), -np.inf)  # a passage with no tokens left ranks last
     present = np.flatnonzero(lengths)
     if len(present):
-        stacked = np.concatenate([passages[i] for i in present]).astype(np.float32)
-        similarity = query_tokens.astype(np.float32) @ stacked.T  # (query tokens, all candidate tokens)
+        stacked = np.concatenate([passages[i] for i in present])
+        similarity = query_tokens @ stacked.T  # (query tokens, all candidate tokens)
         starts = np.concatenate(([0], np.cumsum(lengths[present])[:-1]))
         scores[present] = np.maximum.reduceat(similarity, starts, axis=1).mean(axis=0)
     return scores
@@ -286,7 +291,8 @@ def evaluate_set(data: EvalSet, encoder: Encoder) -> dict:
     docs = encoder.encode(data.doc_texts)
     queries = encoder.encode(data.query_texts)
     print(f"  encoded in {docs.seconds:.0f} s ({docs.token_count / docs.seconds:.0f} tokens/s, "
-          f"{docs.token_count / len(data.doc_texts):.0f} tokens per passage)", flush=True)
+          f"{docs.token_count / len(data.doc_texts):.0f} tokens per passage, "
+          f"{docs.cpu_seconds / docs.seconds:.1f} cores busy)", flush=True)
     dense_scores = queries.vectors @ docs.vectors.T
     per_query: dict[str, dict[str, list[float]]] = {}
     timings: Counter = Counter()
@@ -309,14 +315,14 @@ def evaluate_set(data: EvalSet, encoder: Encoder) -> dict:
             record(name, [data.doc_ids[i] for i in candidates[order]], qrel)
 
     rng = np.random.default_rng(SEED)
-    bi = np.array(per_query["bi-encoder"]["ndcg@10"])
+    ndcg = {system: np.array(metrics["ndcg@10"]) for system, metrics in per_query.items()}
     return {
         "queries": len(data.query_ids), "queries_available": data.queries_available, "docs": len(data.doc_ids),
         "mean": {s: {m: float(np.mean(v)) for m, v in ms.items()} for s, ms in per_query.items()},
-        "vs_bi_encoder_ndcg@10": {name: paired_difference(np.array(per_query[name]["ndcg@10"]), bi, rng)
-                                  for name in LATE_INTERACTION},
+        "paired_ndcg@10": {f"{a} - {b}": paired_difference(ndcg[a], ndcg[b], rng) for a, b in COMPARED},
         "timing": {"bm25_index_s": bm25_seconds, "encode_passages_s": docs.seconds,
-                   "passage_tokens": docs.token_count, "encode_queries_s": queries.seconds,
+                   "encode_passages_cpu_s": docs.cpu_seconds, "passage_tokens": docs.token_count,
+                   "encode_queries_s": queries.seconds,
                    "query_tokens": queries.token_count, "mean_candidates": float(np.mean(candidate_counts)),
                    "score_ms_per_query": {k: 1000 * v / len(data.query_ids) for k, v in timings.items()}},
         "per_query": {"query_ids": data.query_ids, **per_query},
@@ -342,11 +348,12 @@ def print_table(results: dict[str, dict]) -> None:
 
 
 def print_differences(results: dict[str, dict]) -> None:
-    print("\nnDCG@10, late interaction minus bi-encoder (paired over queries):")
+    print("\nnDCG@10 differences, paired over queries:")
     for name, r in results.items():
-        for variant, d in r["vs_bi_encoder_ndcg@10"].items():
-            print(f"  {name:<10} {variant:<11} {d['mean']:+.3f}  95% CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
-                  f"  p={d['p']:.3f}  better/worse on {d['wins']}/{d['losses']} queries")
+        for pair, d in r["paired_ndcg@10"].items():
+            p = "p<0.001" if d["p"] < 0.001 else f"p={d['p']:.3f}"  # 10,000 draws resolve no lower
+            print(f"  {name:<10} {pair:<24} {d['mean']:+.3f}  95% CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+                  f"  {p}  better/worse on {d['wins']}/{d['losses']} queries")
 
 
 def print_costs(results: dict[str, dict]) -> None:

@@ -53,8 +53,6 @@ def test_rerank_profiles_never_pick_int8_on_their_own():
     assert [p["id"] for p in listing["compatible"]][-1] == "onnx-cpu-int8"  # still there to pin
 
 
-def test_serving_an_embedding_model_as_a_cross_encoder_is_refused():
-    from services.embed.model import default_model_path
-
-    out = nimrag("serve", "rerank", "--port", "1", "--model", str(default_model_path()))
-    assert out.returncode == 2 and "is not a cross-encoder" in out.stderr
+def test_reranking_with_a_folder_that_is_not_a_model_fails_clearly(tmp_path):
+    out = nimrag("serve", "rerank", "--port", "1", "--model", str(tmp_path))
+    assert out.returncode == 2 and "cannot read config.json" in out.stderr

@@ -1,4 +1,5 @@
-"""What the reranking service serves: a cross-encoder folder, or the bundled bi-encoder as a scorer."""
+"""What the reranking service serves: a cross-encoder folder, or an encoder (the bundled MiniLM by default)
+turned into a scorer."""
 
 from __future__ import annotations
 
@@ -11,22 +12,28 @@ from services.embed.model import DEFAULT_MODEL_NAME, default_model_path
 from services.rerank.settings import RerankSettings
 
 CROSS_ENCODER = "cross-encoder"
+LATE_INTERACTION = "late-interaction"
 BI_ENCODER = "bi-encoder"
+
+SCORER_DESCRIPTIONS = {
+    CROSS_ENCODER: "cross-encoder: query and passage encoded together, one logit per pair",
+    LATE_INTERACTION: "late interaction (MaxSim) over an encoder's token embeddings: each query token's best "
+                      "cosine match among the passage's tokens, averaged over the query tokens ([CLS]/[SEP] "
+                      "left out)",
+    BI_ENCODER: "bi-encoder: cosine similarity of separately encoded, pooled query and passage embeddings",
+}
 
 
 @dataclass(frozen=True)
 class RerankModelInfo:
     path: Path
     name: str
-    scorer: str  # CROSS_ENCODER or BI_ENCODER
+    scorer: str  # one of SCORER_DESCRIPTIONS
     max_tokens: int
 
     @property
     def describe_scorer(self) -> str:
-        if self.scorer == CROSS_ENCODER:
-            return "cross-encoder: query and passage encoded together, one logit per pair"
-        return ("bi-encoder: cosine similarity of separately encoded query and passage embeddings "
-                "(no cross-encoder is bundled; point NIMRAG_RERANK_MODEL at one to serve it)")
+        return SCORER_DESCRIPTIONS[self.scorer]
 
 
 def _config(folder: Path) -> dict:
@@ -36,19 +43,27 @@ def _config(folder: Path) -> dict:
         raise StartupError(f"'{folder}' is not a model folder: cannot read config.json ({exc})") from exc
 
 
-def load_model_info(settings: RerankSettings) -> RerankModelInfo:
-    if not settings.model:
-        folder = default_model_path()
-        limit = 256  # all-MiniLM-L6-v2 was trained on sequences up to 256 tokens
-        return RerankModelInfo(folder, settings.served_model_name or DEFAULT_MODEL_NAME, BI_ENCODER,
-                               min(settings.max_tokens or limit, limit))
-    folder = Path(settings.model).expanduser()
-    config = _config(folder)
+def _is_cross_encoder(config: dict, folder: Path) -> bool:
     if not any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or []):
-        raise StartupError(f"'{folder}' is not a cross-encoder: its config.json names no "
-                           "*ForSequenceClassification architecture")
+        return False
     if config.get("num_labels", len(config.get("id2label") or {0: ""})) != 1:
         raise StartupError(f"'{folder}' has more than one output label; a reranker needs exactly one")
+    return True
+
+
+def load_model_info(settings: RerankSettings) -> RerankModelInfo:
+    """A cross-encoder folder serves as one; any other encoder (the bundled one by default) as ``scorer`` says."""
+    if not settings.model:
+        # all-MiniLM-L6-v2 was trained on sequences up to 256 tokens
+        return RerankModelInfo(default_model_path(), settings.served_model_name or DEFAULT_MODEL_NAME,
+                               settings.scorer, min(settings.max_tokens or 256, 256))
+    folder = Path(settings.model).expanduser()
+    config = _config(folder)
+    scorer = CROSS_ENCODER if _is_cross_encoder(config, folder) else settings.scorer
     limit = int(config.get("max_position_embeddings", 512))
-    return RerankModelInfo(folder, settings.served_model_name or folder.name, CROSS_ENCODER,
+    if scorer != CROSS_ENCODER:  # a sentence-transformers encoder says how long its training sequences were
+        st_config = folder / "sentence_bert_config.json"
+        if st_config.is_file():
+            limit = min(limit, int(json.loads(st_config.read_text()).get("max_seq_length") or limit))
+    return RerankModelInfo(folder, settings.served_model_name or folder.name, scorer,
                            min(settings.max_tokens or limit, limit))

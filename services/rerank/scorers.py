@@ -2,7 +2,10 @@
 and read one score per passage from the results.
 
 - CrossEncoderScorer: query and passage tokenized as one pair, one logit per pair (PyTorch or ONNX Runtime).
-- BiEncoderScorer: query and passages embedded separately by the embedding engines, scored by cosine.
+- LateInteractionScorer: query and passages encoded separately by the embedding engines; MaxSim over their
+  token embeddings (the default on the bundled MiniLM: bench/rerank_quality.py measured nDCG@10 0.692 vs 0.646
+  on SciFact, 0.921 vs 0.799 on SQuAD, 0.387 vs 0.398 on Cranfield, reranking BM25's top 100).
+- BiEncoderScorer: the same encoders' pooled embeddings, scored by cosine.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 
 from services.common.padding import pad, pad_zeros
 from services.common.profiles import Profile
-from services.rerank.model import BI_ENCODER, CROSS_ENCODER, RerankModelInfo
+from services.rerank.model import BI_ENCODER, CROSS_ENCODER, LATE_INTERACTION, RerankModelInfo
 
 WARMUP = ("warm-up query", ["a passage", "a somewhat longer passage, so more than one length is seen"])
 
@@ -65,8 +68,8 @@ class Scorer(ABC):
                 "precision": self.profile.precision}
 
 
-class BiEncoderScorer(Scorer):
-    kind = BI_ENCODER
+class _EncoderScorer(Scorer):
+    """Query and passages encoded separately (as many items), by the embedding service's engines."""
 
     def __init__(self, model: RerankModelInfo, profile: Profile, threads: int, cache_dir: Path):
         super().__init__(model, profile)
@@ -92,16 +95,38 @@ class BiEncoderScorer(Scorer):
         costs = [len(x) for x in ids]
         return Prepared(ids, costs, sum(costs))
 
+    def relevance(self, scores: np.ndarray) -> np.ndarray:
+        return scores  # already a similarity in [-1, 1]
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12, None)
+
+
+class BiEncoderScorer(_EncoderScorer):
+    kind = BI_ENCODER
+
     def run_batch(self, items: list[list[int]]) -> list[np.ndarray]:
         return list(self.engine.embed(items))
 
     def scores(self, results: list[np.ndarray]) -> np.ndarray:
-        vectors = np.stack(results)
-        vectors /= np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+        vectors = _unit_rows(np.stack(results))
         return vectors[1:] @ vectors[0]
 
-    def relevance(self, scores: np.ndarray) -> np.ndarray:
-        return scores  # already a similarity in [-1, 1]
+
+class LateInteractionScorer(_EncoderScorer):
+    kind = LATE_INTERACTION
+
+    def run_batch(self, items: list[list[int]]) -> list[np.ndarray]:
+        # [CLS] and [SEP] are left out: they carry no term of their own (measured slightly better without them).
+        return [_unit_rows(tokens[1:-1]) for tokens in self.engine.token_embeddings(items)]
+
+    def scores(self, results: list[np.ndarray]) -> np.ndarray:
+        query, passages = results[0], results[1:]
+        if not len(query):
+            return np.zeros(len(passages), dtype=np.float32)
+        return np.array([(query @ p.T).max(axis=1).mean() if len(p) else -1.0 for p in passages],
+                        dtype=np.float32)
 
 
 class CrossEncoderScorer(Scorer):
@@ -205,6 +230,8 @@ class OnnxCrossEncoder(CrossEncoderScorer):
 
 
 def create_scorer(model: RerankModelInfo, profile: Profile, threads: int, cache_dir: Path) -> Scorer:
+    if model.scorer == LATE_INTERACTION:
+        return LateInteractionScorer(model, profile, threads, cache_dir)
     if model.scorer == BI_ENCODER:
         return BiEncoderScorer(model, profile, threads, cache_dir)
     if profile.backend == "onnxruntime":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -13,8 +15,12 @@ class RerankSettings(ServiceSettings):
 
     port: int = Field(8002, ge=1, le=65535)
     model: str | None = Field(None, description="A cross-encoder folder (sentence-transformers CrossEncoder or a "
-                                                "HF sequence-classification model with one label); default: a "
-                                                "bi-encoder scorer on the bundled all-MiniLM-L6-v2.")
+                                                "HF sequence-classification model with one label), or an encoder "
+                                                "folder scored as `scorer` says; default: the bundled "
+                                                "all-MiniLM-L6-v2, scored by late interaction.")
+    scorer: Literal["late-interaction", "bi-encoder"] = Field(
+        "late-interaction", description="How an encoder (non-cross-encoder) model scores: MaxSim over token "
+                                        "embeddings, or cosine of pooled embeddings (measured: bench/rerank_quality.py).")
     max_passages: int = Field(512, ge=1, description="Most passages in one request.")
     max_chars: int = Field(65536, ge=1, description="Most characters in the query or in one passage.")
     max_tokens: int | None = Field(None, ge=8, description="Most tokens per scored sequence (default and ceiling: "

@@ -24,6 +24,10 @@ class EmbeddingEngine(ABC):
     def embed(self, ids: list[list[int]]) -> np.ndarray:
         """Embeddings of a batch of token-id sequences, shape (len(ids), dimension), float32."""
 
+    @abstractmethod
+    def token_embeddings(self, ids: list[list[int]]) -> list[np.ndarray]:
+        """The last layer's token embeddings of each sequence (length x hidden, padding dropped), float32."""
+
     def warm_up(self) -> None:
         out = self.embed(self.tokenizer.encode(WARMUP_TEXTS, truncate="END"))
         self.dimension = int(out.shape[1])

@@ -23,10 +23,17 @@ class OnnxEngine(EmbeddingEngine):
         self._session = cpu_session(self.model_file, threads)
         self._inputs = [i.name for i in self._session.get_inputs()]
 
-    def embed(self, ids: list[list[int]]) -> np.ndarray:
+    def _hidden(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         input_ids, mask = pad(ids, self.tokenizer.pad_id)
         feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
-        hidden = self._session.run(None, {name: feeds[name] for name in self._inputs})[0]
+        return self._session.run(None, {name: feeds[name] for name in self._inputs})[0], mask
+
+    def token_embeddings(self, ids: list[list[int]]) -> list[np.ndarray]:
+        hidden, _ = self._hidden(ids)
+        return [hidden[row, : len(seq)] for row, seq in enumerate(ids)]
+
+    def embed(self, ids: list[list[int]]) -> np.ndarray:
+        hidden, mask = self._hidden(ids)
         vectors = pool(hidden, mask, self.model.pooling)
         return (l2_normalize(vectors) if self.model.normalize else vectors).astype(np.float32, copy=False)
 

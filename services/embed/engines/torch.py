@@ -44,10 +44,17 @@ class TorchEngine(EmbeddingEngine):
             feats["token_type_ids"] = torch.zeros_like(feats["input_ids"])
         return feats
 
-    def embed(self, ids: list[list[int]]) -> np.ndarray:
+    def _forward(self, ids: list[list[int]], output: str) -> np.ndarray:
         torch = self._torch
         autocast = (torch.autocast("cpu", dtype=self._autocast_dtype) if self._autocast_dtype
                     else contextlib.nullcontext())
         with torch.inference_mode(), autocast:
-            out = self._st(self._features(ids))["sentence_embedding"]
+            out = self._st(self._features(ids))[output]
         return out.float().cpu().numpy()
+
+    def embed(self, ids: list[list[int]]) -> np.ndarray:
+        return self._forward(ids, "sentence_embedding")
+
+    def token_embeddings(self, ids: list[list[int]]) -> list[np.ndarray]:
+        hidden = self._forward(ids, "token_embeddings")
+        return [hidden[row, : len(seq)] for row, seq in enumerate(ids)]

@@ -39,7 +39,7 @@ def cross_encoder_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def rerank_service(service_tmp):
-    """The reranking service with its defaults: the bi-encoder scorer on the bundled model."""
+    """The reranking service with its defaults: late interaction on the bundled model."""
     svc = start_service("rerank", service_tmp)
     yield svc
     svc.stop()

@@ -74,9 +74,9 @@ def test_same_answer_alone_and_batched_with_others(rerank_service):
 
 def test_models_and_metadata_say_which_scorer_serves(http):
     card = http.get("/v1/models").json()["data"][0]
-    assert card["id"] == MODEL and card["scorer"] == "bi-encoder"
+    assert card["id"] == MODEL and card["scorer"] == "late-interaction"
     meta = http.get("/v1/metadata").json()
-    assert meta["model"]["scorer"] == "bi-encoder" and "cosine" in meta["model"]["scorer_description"]
+    assert meta["model"]["scorer"] == "late-interaction" and "MaxSim" in meta["model"]["scorer_description"]
     assert meta["selectedModelProfileId"] != "onnx-cpu-int8"  # int8 is never auto-selected for ranking
 
 

@@ -1,5 +1,5 @@
-"""Scorer numerics: every cross-encoder backend agrees with PyTorch fp32; the bi-encoder scorer is the cosine of
-the reference embeddings; scores do not depend on what they are batched with."""
+"""Scorer numerics: every cross-encoder backend agrees with PyTorch fp32; the encoder scorers compute exactly
+their definitions on the reference model's outputs; scores do not depend on what they are batched with."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from tests.services.rerank.conftest import PASSAGES, QUERY
 HARDWARE = probe()
 
 
-def _scorer(profile_id: str, model_dir=None):
+def _scorer(profile_id: str, model_dir=None, scorer: str = "late-interaction"):
     profile = next(p for p in RERANK_PROFILES if p.id == profile_id)
     reasons = incompatibilities(profile, HARDWARE)
     if reasons:
         pytest.skip(f"{profile_id} cannot run here: {'; '.join(reasons)}")
-    model = load_model_info(RerankSettings(model=str(model_dir) if model_dir else None))
+    model = load_model_info(RerankSettings(model=str(model_dir) if model_dir else None, scorer=scorer))
     return create_scorer(model, profile, profile.resolved_threads(HARDWARE), model_cache())
 
 
@@ -59,16 +59,47 @@ def test_cross_encoder_scores_do_not_depend_on_the_batch(cross_encoder_dir, prof
     np.testing.assert_allclose(alone, together, atol=1e-4)
 
 
-def test_bi_encoder_scores_are_reference_cosines():
+@pytest.fixture(scope="module")
+def reference():
     from sentence_transformers import SentenceTransformer
 
     from services.embed.model import default_model_path
 
-    reference = SentenceTransformer(str(default_model_path()), device="cpu")
+    return SentenceTransformer(str(default_model_path()), device="cpu")
+
+
+def test_bi_encoder_scores_are_reference_cosines(reference):
     q, *p = reference.encode([QUERY, *PASSAGES], normalize_embeddings=True)
-    scores = _score(_scorer("torch-cpu-fp32"))
+    scores = _score(_scorer("torch-cpu-fp32", scorer="bi-encoder"))
     np.testing.assert_allclose(scores, np.array(p) @ q, atol=1e-4)
     assert int(np.argmax(scores)) in (1, 3)  # a passage that answers the question ranks first
+
+
+def _maxsim_reference(reference, query: str, passages: list[str]) -> np.ndarray:
+    """MaxSim written out from sentence-transformers' token embeddings, without [CLS]/[SEP]."""
+    def unit_tokens(text):
+        tokens = reference.encode(text, output_value="token_embeddings", convert_to_numpy=True)[1:-1]
+        tokens = np.asarray(tokens, dtype=np.float32)
+        return tokens / np.linalg.norm(tokens, axis=1, keepdims=True)
+
+    q = unit_tokens(query)
+    return np.array([max_per_query_token.mean() for max_per_query_token in
+                     ((q @ unit_tokens(p).T).max(axis=1) for p in passages)])
+
+
+@pytest.mark.parametrize("profile_id", ["torch-cpu-fp32", "onnx-cpu-fp32"])
+def test_late_interaction_is_maxsim_over_reference_token_embeddings(reference, profile_id):
+    scores = _score(_scorer(profile_id))
+    np.testing.assert_allclose(scores, _maxsim_reference(reference, QUERY, PASSAGES), atol=1e-4)
+    assert int(np.argmax(scores)) in (1, 3)
+
+
+def test_late_interaction_scores_do_not_depend_on_the_batch():
+    scorer = _scorer("onnx-cpu-fp32")
+    prepared = scorer.prepare(QUERY, PASSAGES, "END")
+    together = scorer.scores(scorer.run_batch(prepared.items))
+    one_by_one = scorer.scores([scorer.run_batch([item])[0] for item in prepared.items])
+    np.testing.assert_allclose(one_by_one, together, atol=1e-5)
 
 
 def test_pair_truncation(cross_encoder_dir):
