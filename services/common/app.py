@@ -12,8 +12,10 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
 from services.common.errors import install_error_handlers
+from services.common.hardware import HardwareInfo, probe
 from services.common.metrics import ServiceMetrics
 from services.common.middleware import RequestContextMiddleware
+from services.common.profiles import Profile, select_profile
 from services.common.serving import ModelServing
 from services.common.settings import ServiceSettings
 from services.common.tracing import make_tracer
@@ -106,3 +108,20 @@ def create_service_app(*, title: str, settings: ServiceSettings, serving: ModelS
     app.add_middleware(RequestContextMiddleware, metrics=metrics, api_keys=settings.api_key_list,
                        max_body_bytes=settings.max_body_bytes, tracer=make_tracer(serving.service))
     return app
+
+
+def create_model_app(*, title: str, settings: ServiceSettings, hardware: HardwareInfo | None,
+                     profiles: list[Profile], load_model, serving_cls: type[ModelServing],
+                     routers: Sequence[APIRouter]) -> FastAPI:
+    """Probe the hardware, choose the profile (or honour the pin), read the model folder, and build the app.
+    Raises StartupError when the pin or the model folder cannot work, before anything is loaded."""
+    hardware = hardware or probe()
+    choice = select_profile(profiles, hardware, settings.profile)
+    model = load_model(settings)
+    service = serving_cls.service
+    logging.getLogger(f"nimrag.{service}").info(
+        "selected profile", extra={"profile": choice.profile.id, "pinned": choice.pinned, "model": model.name,
+                                   "threads": choice.profile.resolved_threads(hardware)})
+    metrics = ServiceMetrics(service)
+    serving = serving_cls(settings=settings, model=model, choice=choice, hardware=hardware, metrics=metrics)
+    return create_service_app(title=title, settings=settings, serving=serving, metrics=metrics, routers=routers)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from collections.abc import Awaitable, Callable
+
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
 
+from services.common.cancellation import cancel_on_disconnect
 from services.common.errors import from_validation_errors
 
 M = TypeVar("M", bound=BaseModel)
@@ -22,3 +26,9 @@ async def parse_json_body(request: Request, model: type[M]) -> M:
 def json_body_openapi(model: type[BaseModel]) -> dict:
     """``openapi_extra`` that documents a body parsed with :func:`parse_json_body`."""
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+async def json_endpoint(request: Request, model: type[M], work: Callable[[M], Awaitable[bytes]]) -> Response:
+    """Parse the body as ``model``, run ``work`` on it (cancelled if the client goes away), answer its JSON."""
+    body = await parse_json_body(request, model)
+    return Response(await cancel_on_disconnect(request, work(body)), media_type="application/json")

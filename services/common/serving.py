@@ -8,10 +8,15 @@ import time
 from abc import ABC, abstractmethod
 from enum import Enum
 
+from services.common.batching import BatchLimits, DynamicBatcher
 from services.common.errors import ModelNotFoundError, ServiceNotReadyError
 from services.common.hardware import HardwareInfo
 from services.common.metrics import ServiceMetrics
 from services.common.profiles import ProfileChoice
+from services.common.settings import ServiceSettings
+
+# Below this many characters, tokenizing on the event loop is cheaper than a hop to a worker thread.
+INLINE_WORK_CHARS = 4096
 
 
 class ModelState(str, Enum):
@@ -86,3 +91,38 @@ class ModelServing(ABC):
     def metadata(self) -> dict:
         """Service-specific details merged into ``/v1/metadata``."""
         return {}
+
+
+class BatchedServing(ModelServing):
+    """A served model whose engine work goes through the shared dynamic batcher (embed, rerank)."""
+
+    def __init__(self, *, settings: ServiceSettings, model, choice: ProfileChoice, hardware: HardwareInfo,
+                 metrics: ServiceMetrics):
+        super().__init__(choice=choice, hardware=hardware, metrics=metrics, served_model_name=model.name)
+        self.settings = settings
+        self.model = model
+        self.batcher: DynamicBatcher | None = None
+
+    @abstractmethod
+    def run_batch(self, items: list) -> list:
+        """One engine batch; runs in the batcher's worker thread."""
+
+    async def on_loaded(self) -> None:
+        settings, profile = self.settings, self.profile
+        wait_ms = profile.batch_wait_ms if settings.max_batch_wait_ms is None else settings.max_batch_wait_ms
+        limits = BatchLimits(max_items=settings.max_batch_items or profile.max_batch_items,
+                             max_tokens=profile.max_batch_tokens, max_wait_s=wait_ms / 1000,
+                             max_queue_items=settings.max_queue_items, max_padding_ratio=profile.max_padding_ratio)
+        self.batcher = DynamicBatcher(self.run_batch, limits, self.metrics, name=self.service)
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        if self.batcher:
+            await self.batcher.stop()
+
+    @staticmethod
+    async def tokenize_off_loop(chars: int, work, *args):
+        """Run cheap pre-processing inline, and large inputs' in a worker thread so the loop stays responsive."""
+        if chars <= INLINE_WORK_CHARS:
+            return work(*args)
+        return await asyncio.to_thread(work, *args)

@@ -61,6 +61,7 @@ class ServiceSettings(BaseSettings):
     cache_path: Path = Field(default_factory=default_cache_path, description="Exported/optimized model cache.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above).")
     max_queue_items: int = Field(8192, ge=1, description="Items waiting for the engine before new work gets 429.")
+    max_batch_items: int | None = Field(None, ge=1, description="Override the profile's items per engine batch.")
     max_batch_wait_ms: float | None = Field(None, ge=0, description="Hold a not-full batch this long for more "
                                             "work (default: the profile's).")
     log_level: str = "INFO"

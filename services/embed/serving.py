@@ -6,41 +6,29 @@ encoding, usage), as in michaelfeil/infinity.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from pathlib import Path
 
 import numpy as np
 import orjson
 
-from services.common.batching import BatchLimits, DynamicBatcher
 from services.common.errors import InvalidRequestError
-from services.common.hardware import HardwareInfo
-from services.common.metrics import ServiceMetrics
-from services.common.profiles import ProfileChoice
-from services.common.serving import ModelServing
+from services.common.serving import BatchedServing
 from services.embed.engines import EmbeddingEngine, create_engine
 from services.embed.model import EmbeddingModelInfo
 from services.embed.protocol import EmbeddingRequest
 from services.embed.settings import EmbedSettings
 from services.embed.tokenization import InputTooLongError, TextTokenizer
 
-# Below this many characters tokenizing inline is cheaper than a hop to a worker thread (tens of microseconds).
-INLINE_TOKENIZE_CHARS = 4096
 INPUT_TYPE_SUFFIXES = {"-query": "query", "-passage": "passage"}
 
 
-class EmbeddingServing(ModelServing):
+class EmbeddingServing(BatchedServing):
     service = "embed"
-
-    def __init__(self, *, settings: EmbedSettings, model: EmbeddingModelInfo, choice: ProfileChoice,
-                 hardware: HardwareInfo, metrics: ServiceMetrics):
-        super().__init__(choice=choice, hardware=hardware, metrics=metrics, served_model_name=model.name)
-        self.settings = settings
-        self.model = model
-        self.tokenizer: TextTokenizer | None = None
-        self.engine: EmbeddingEngine | None = None
-        self.batcher: DynamicBatcher | None = None
+    settings: EmbedSettings
+    model: EmbeddingModelInfo
+    tokenizer: TextTokenizer | None = None
+    engine: EmbeddingEngine | None = None
 
     # --- life cycle -------------------------------------------------------------------------------------------
     def load_blocking(self) -> None:
@@ -49,21 +37,7 @@ class EmbeddingServing(ModelServing):
                                     self.profile.resolved_threads(self.hardware), Path(self.settings.cache_path))
         self.engine.warm_up()
 
-    async def on_loaded(self) -> None:
-        wait_ms = self.settings.max_batch_wait_ms
-        limits = BatchLimits(max_items=self.settings.max_batch_items or self.profile.max_batch_items,
-                             max_tokens=self.profile.max_batch_tokens,
-                             max_wait_s=(self.profile.batch_wait_ms if wait_ms is None else wait_ms) / 1000,
-                             max_queue_items=self.settings.max_queue_items,
-                             max_padding_ratio=self.profile.max_padding_ratio)
-        self.batcher = DynamicBatcher(self._run_batch, limits, self.metrics, name="embed")
-        self.batcher.start()
-
-    async def stop(self) -> None:
-        if self.batcher:
-            await self.batcher.stop()
-
-    def _run_batch(self, ids: list[list[int]]) -> list[np.ndarray]:
+    def run_batch(self, ids: list[list[int]]) -> list[np.ndarray]:
         return list(self.engine.embed(ids))
 
     # --- identity ---------------------------------------------------------------------------------------------
@@ -130,9 +104,7 @@ class EmbeddingServing(ModelServing):
 
     async def _tokenize(self, texts: list[str], truncate: str) -> list[list[int]]:
         try:
-            if sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
-                return self.tokenizer.encode(texts, truncate)
-            return await asyncio.to_thread(self.tokenizer.encode, texts, truncate)
+            return await self.tokenize_off_loop(sum(map(len, texts)), self.tokenizer.encode, texts, truncate)
         except InputTooLongError as exc:
             self.metrics.rejected.labels("input_too_long").inc()
             raise InvalidRequestError(str(exc), param="input", code="input_too_long") from exc

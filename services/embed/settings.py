@@ -19,4 +19,3 @@ class EmbedSettings(ServiceSettings):
     matryoshka_dims: str = Field("", description="Comma-separated output sizes the model was trained for.")
     query_prefix: str | None = Field(None, description="Override the model's query prompt.")
     passage_prefix: str | None = Field(None, description="Override the model's passage/document prompt.")
-    max_batch_items: int | None = Field(None, ge=1, description="Override the profile's batch size.")

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import FastAPI
 
-from services.common.app import create_service_app
-from services.rerank.profiles import RERANK_PROFILES
-from services.common.hardware import HardwareInfo, probe
-from services.common.metrics import ServiceMetrics
-from services.common.profiles import select_profile
+from services.common.app import create_model_app
+from services.common.hardware import HardwareInfo
 from services.rerank.model import load_model_info
+from services.rerank.profiles import RERANK_PROFILES
 from services.rerank.router import router
 from services.rerank.serving import RerankServing
 from services.rerank.settings import RerankSettings
 
 
 def create_app(settings: RerankSettings | None = None, hardware: HardwareInfo | None = None) -> FastAPI:
-    settings = settings or RerankSettings()
-    hardware = hardware or probe()
-    choice = select_profile(RERANK_PROFILES, hardware, settings.profile)
-    model = load_model_info(settings)
-    logging.getLogger("nimrag.rerank").info(
-        "selected profile", extra={"profile": choice.profile.id, "pinned": choice.pinned, "model": model.name,
-                                   "scorer": model.scorer, "threads": choice.profile.resolved_threads(hardware)})
-    metrics = ServiceMetrics("rerank")
-    serving = RerankServing(settings=settings, model=model, choice=choice, hardware=hardware, metrics=metrics)
-    return create_service_app(title="nimrag reranking", settings=settings, serving=serving, metrics=metrics,
-                              routers=[router])
+    return create_model_app(title="nimrag reranking", settings=settings or RerankSettings(), hardware=hardware,
+                            profiles=RERANK_PROFILES, load_model=load_model_info, serving_cls=RerankServing,
+                            routers=[router])

@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 
 import numpy as np
 import orjson
 
-from services.common.batching import BatchLimits, DynamicBatcher
 from services.common.errors import InvalidRequestError
-from services.common.hardware import HardwareInfo
-from services.common.metrics import ServiceMetrics
-from services.common.profiles import ProfileChoice
-from services.common.serving import ModelServing
+from services.common.serving import BatchedServing
 from services.rerank.model import RerankModelInfo
 from services.rerank.protocol import RankingRequest, RerankRequest
 from services.rerank.scorers import Prepared, RankingTooLongError, Scorer, create_scorer
 from services.rerank.settings import RerankSettings
 
-# Below this many characters tokenizing inline is cheaper than a hop to a worker thread.
-INLINE_TOKENIZE_CHARS = 4096
-
-
-class RerankServing(ModelServing):
+class RerankServing(BatchedServing):
     service = "rerank"
-
-    def __init__(self, *, settings: RerankSettings, model: RerankModelInfo, choice: ProfileChoice,
-                 hardware: HardwareInfo, metrics: ServiceMetrics):
-        super().__init__(choice=choice, hardware=hardware, metrics=metrics, served_model_name=model.name)
-        self.settings = settings
-        self.model = model
-        self.scorer: Scorer | None = None
-        self.batcher: DynamicBatcher | None = None
+    settings: RerankSettings
+    model: RerankModelInfo
+    scorer: Scorer | None = None
 
     # --- life cycle -------------------------------------------------------------------------------------------
     def load_blocking(self) -> None:
@@ -41,19 +27,8 @@ class RerankServing(ModelServing):
                                     Path(self.settings.cache_path))
         self.scorer.warm_up()
 
-    async def on_loaded(self) -> None:
-        wait_ms = self.settings.max_batch_wait_ms
-        limits = BatchLimits(max_items=self.settings.max_batch_items or self.profile.max_batch_items,
-                             max_tokens=self.profile.max_batch_tokens,
-                             max_wait_s=(self.profile.batch_wait_ms if wait_ms is None else wait_ms) / 1000,
-                             max_queue_items=self.settings.max_queue_items,
-                             max_padding_ratio=self.profile.max_padding_ratio)
-        self.batcher = DynamicBatcher(self.scorer.run_batch, limits, self.metrics, name="rerank")
-        self.batcher.start()
-
-    async def stop(self) -> None:
-        if self.batcher:
-            await self.batcher.stop()
+    def run_batch(self, items: list) -> list:
+        return self.scorer.run_batch(items)
 
     # --- identity ---------------------------------------------------------------------------------------------
     def model_cards(self) -> list[dict]:
@@ -88,9 +63,8 @@ class RerankServing(ModelServing):
 
     async def _prepare(self, query: str, passages: list[str], truncate: str) -> Prepared:
         try:
-            if len(query) + sum(map(len, passages)) <= INLINE_TOKENIZE_CHARS:
-                return self.scorer.prepare(query, passages, truncate)
-            return await asyncio.to_thread(self.scorer.prepare, query, passages, truncate)
+            chars = len(query) + sum(map(len, passages))
+            return await self.tokenize_off_loop(chars, self.scorer.prepare, query, passages, truncate)
         except RankingTooLongError as exc:
             self.metrics.rejected.labels("input_too_long").inc()
             raise InvalidRequestError(str(exc), param="passages", code="input_too_long") from exc

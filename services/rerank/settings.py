@@ -25,4 +25,3 @@ class RerankSettings(ServiceSettings):
     max_chars: int = Field(65536, ge=1, description="Most characters in the query or in one passage.")
     max_tokens: int | None = Field(None, ge=8, description="Most tokens per scored sequence (default and ceiling: "
                                                            "the model's).")
-    max_batch_items: int | None = Field(None, ge=1, description="Override the profile's batch size.")
