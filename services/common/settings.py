@@ -20,6 +20,7 @@ NIM_ENV_NAMES = {
     "NIM_MODEL_PROFILE": "profile",
     "NIM_CACHE_PATH": "cache_path",
     "NIM_SERVED_MODEL_NAME": "served_model_name",
+    "NIM_MODEL_NAME": "model",  # a model folder to serve instead of the default
     "NIM_SERVER_PORT": "port",
     "NIM_LOG_LEVEL": "log_level",
     "NIM_JSONL_LOGGING": "json_logs",

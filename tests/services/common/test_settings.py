@@ -7,8 +7,10 @@ def test_nim_names_are_read(monkeypatch):
     monkeypatch.setenv("NIM_MODEL_PROFILE", "torch-cpu-fp32")
     monkeypatch.setenv("NIM_SERVED_MODEL_NAME", "my-embedder")
     monkeypatch.setenv("NIM_CACHE_PATH", "/tmp/nim-cache")
+    monkeypatch.setenv("NIM_MODEL_NAME", "/models/e5")
     s = EmbedSettings()
     assert (s.profile, s.served_model_name, str(s.cache_path)) == ("torch-cpu-fp32", "my-embedder", "/tmp/nim-cache")
+    assert s.model == "/models/e5"
 
 
 def test_service_prefix_wins_over_nim_names(monkeypatch):

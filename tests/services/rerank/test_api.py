@@ -134,3 +134,21 @@ def test_cross_encoder_service(cross_encoder_service):
         too_long = client.post("/v1/ranking", json={"query": {"text": QUERY},
                                                     "passages": [{"text": "word " * 600}]})
         assert too_long.status_code == 400 and "more than the model's limit of 512" in too_long.text
+
+
+def test_configured_scorer_and_limits(service_tmp):
+    from tests.conftest import start_service
+
+    svc = start_service("rerank", service_tmp, env={"NIMRAG_RERANK_SCORER": "bi-encoder",
+                                                    "NIMRAG_RERANK_MAX_PASSAGES": "3",
+                                                    "NIMRAG_RERANK_MAX_CHARS": "100"})
+    try:
+        with httpx.Client(base_url=svc.base_url, timeout=60) as client:
+            assert client.get("/v1/models").json()["data"][0]["scorer"] == "bi-encoder"
+            assert _ranking(client, passages=PASSAGES[:3]).status_code == 200
+            too_many = _ranking(client, passages=PASSAGES[:4])
+            assert too_many.status_code == 400 and "4 passages, more than the limit of 3" in too_many.text
+            too_long = _ranking(client, passages=["x" * 101])
+            assert too_long.status_code == 400 and "101 characters, more than the limit of 100" in too_long.text
+    finally:
+        svc.stop()
