@@ -78,16 +78,20 @@ class _EncoderScorer(Scorer):
         from services.embed.settings import EmbedSettings
         from services.embed.tokenization import TextTokenizer
 
+        # Prompts come from the model folder only (None: the model's own), never from the embed service's env.
         info = load_model_info(EmbedSettings(model=str(model.path), max_tokens=model.max_tokens,
-                                             served_model_name=model.name))
+                                             served_model_name=model.name, query_prefix=None,
+                                             passage_prefix=None, matryoshka_dims=""))
+        self.query_prefix, self.passage_prefix = info.query_prefix, info.passage_prefix
         self.tokenizer = TextTokenizer(info.path, info.max_tokens)
         self.engine = create_engine(profile, info, self.tokenizer, threads, cache_dir)
 
     def prepare(self, query: str, passages: list[str], truncate: str) -> Prepared:
         from services.embed.tokenization import InputTooLongError
 
+        texts = [self.query_prefix + query, *(self.passage_prefix + p for p in passages)]
         try:
-            ids = self.tokenizer.encode([query, *passages], truncate)
+            ids = self.tokenizer.encode(texts, truncate)
         except InputTooLongError as exc:
             what = "query" if exc.index == 0 else f"passages[{exc.index - 1}]"
             raise RankingTooLongError(f"{what} has {exc.length} tokens, more than the model's limit of "

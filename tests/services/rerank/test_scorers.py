@@ -113,3 +113,18 @@ def test_pair_truncation(cross_encoder_dir):
     assert prepared.costs[1] == 512 and prepared.costs[0] < 20
     with pytest.raises(RankingTooLongError, match="query has"):
         scorer.prepare("q " * 600, ["short"], "END")
+
+
+def test_encoder_scorers_apply_the_models_query_and_passage_prompts(reference, tmp_path):
+    import json
+    import shutil
+
+    from services.embed.model import default_model_path
+
+    folder = tmp_path / "minilm-with-prompts"
+    shutil.copytree(default_model_path(), folder)
+    (folder / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": "query: ", "passage": "passage: "}}))
+    scores = _score(_scorer("torch-cpu-fp32", folder))
+    expected = _maxsim_reference(reference, "query: " + QUERY, ["passage: " + p for p in PASSAGES])
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
