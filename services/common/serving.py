@@ -121,8 +121,6 @@ class BatchedServing(ModelServing):
             await self.batcher.stop()
 
     @staticmethod
-    async def tokenize_off_loop(chars: int, work, *args):
-        """Run cheap pre-processing inline, and large inputs' in a worker thread so the loop stays responsive."""
-        if chars <= INLINE_WORK_CHARS:
-            return work(*args)
-        return await asyncio.to_thread(work, *args)
+    async def off_loop_if(large: bool, work, *args):
+        """Small work inline (a thread hop costs more); large work in a worker thread, so the loop stays free."""
+        return await asyncio.to_thread(work, *args) if large else work(*args)

@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 
 from services.common.errors import InvalidRequestError
-from services.common.serving import BatchedServing
+from services.common.serving import INLINE_WORK_CHARS, BatchedServing
 from services.embed.engines import EmbeddingEngine, create_engine
 from services.embed.model import EmbeddingModelInfo
 from services.embed.protocol import EmbeddingRequest
@@ -104,7 +104,8 @@ class EmbeddingServing(BatchedServing):
 
     async def _tokenize(self, texts: list[str], truncate: str) -> list[list[int]]:
         try:
-            return await self.tokenize_off_loop(sum(map(len, texts)), self.tokenizer.encode, texts, truncate)
+            large = sum(map(len, texts)) > INLINE_WORK_CHARS
+            return await self.off_loop_if(large, self.tokenizer.encode, texts, truncate)
         except InputTooLongError as exc:
             self.metrics.rejected.labels("input_too_long").inc()
             raise InvalidRequestError(str(exc), param="input", code="input_too_long") from exc

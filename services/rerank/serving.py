@@ -9,11 +9,14 @@ import numpy as np
 import orjson
 
 from services.common.errors import InvalidRequestError
-from services.common.serving import BatchedServing
+from services.common.serving import INLINE_WORK_CHARS, BatchedServing
 from services.rerank.model import RerankModelInfo
 from services.rerank.protocol import RankingRequest, RerankRequest
 from services.rerank.scorers import Prepared, RankingTooLongError, Scorer, create_scorer
 from services.rerank.settings import RerankSettings
+
+INLINE_SCORE_TOKENS = 2048  # above this many tokens per request, scoring runs in a worker thread
+
 
 class RerankServing(BatchedServing):
     service = "rerank"
@@ -63,8 +66,8 @@ class RerankServing(BatchedServing):
 
     async def _prepare(self, query: str, passages: list[str], truncate: str) -> Prepared:
         try:
-            chars = len(query) + sum(map(len, passages))
-            return await self.tokenize_off_loop(chars, self.scorer.prepare, query, passages, truncate)
+            large = len(query) + sum(map(len, passages)) > INLINE_WORK_CHARS
+            return await self.off_loop_if(large, self.scorer.prepare, query, passages, truncate)
         except RankingTooLongError as exc:
             self.metrics.rejected.labels("input_too_long").inc()
             raise InvalidRequestError(str(exc), param="passages", code="input_too_long") from exc
@@ -77,7 +80,9 @@ class RerankServing(BatchedServing):
         prepared = await self._prepare(query, passages, truncate)
         results = await self.batcher.submit(prepared.items, prepared.costs)
         self.metrics.tokens.inc(prepared.tokens)
-        return self.scorer.scores(results), prepared.tokens
+        # Late interaction's MaxSim costs ~query x passage tokens x dimensions: tens of ms for hundreds of passages.
+        scores = await self.off_loop_if(prepared.tokens > INLINE_SCORE_TOKENS, self.scorer.scores, results)
+        return scores, prepared.tokens
 
     async def ranking(self, request: RankingRequest) -> bytes:
         passages = [p.text for p in request.passages]
