@@ -22,7 +22,6 @@ from pathlib import Path
 from services.common.errors import StartupError
 
 EXPORT_VERSION = "3"  # bump when the export or quantization recipe changes, so caches are rebuilt
-HEADS = ("last_hidden_state", "logits")  # token embeddings (AutoModel) or classifier logits (cross-encoders)
 _FFN_UP_PROJECTION = re.compile(r"(intermediate/dense|mlp/(fc1|up_proj|gate_proj))/MatMul$")
 log = logging.getLogger("nimrag.onnx")
 
