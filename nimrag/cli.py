@@ -26,6 +26,8 @@ class ServiceEntry:
 SERVICES: dict[str, ServiceEntry] = {
     "embed": ServiceEntry("services.embed.settings:EmbedSettings",
                           "services.common.encoder_profiles:ENCODER_PROFILES", "services.embed.app:create_app"),
+    "llm": ServiceEntry("services.llm.settings:LLMSettings", "services.llm.profiles:LLM_PROFILES",
+                        "services.llm.app:create_app"),
     "rerank": ServiceEntry("services.rerank.settings:RerankSettings",
                            "services.rerank.profiles:RERANK_PROFILES", "services.rerank.app:create_app"),
 }

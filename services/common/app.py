@@ -116,8 +116,8 @@ def create_model_app(*, title: str, settings: ServiceSettings, hardware: Hardwar
     """Probe the hardware, choose the profile (or honour the pin), read the model folder, and build the app.
     Raises StartupError when the pin or the model folder cannot work, before anything is loaded."""
     hardware = hardware or probe()
-    choice = select_profile(profiles, hardware, settings.profile)
     model = load_model(settings)
+    choice = select_profile(profiles, hardware, settings.profile, getattr(model, "profile_reasons", None))
     service = serving_cls.service
     logging.getLogger(f"nimrag.{service}").info(
         "selected profile", extra={"profile": choice.profile.id, "pinned": choice.pinned, "model": model.name,

@@ -8,6 +8,8 @@ cannot run fails at start with the reason.
 from __future__ import annotations
 
 import importlib.util
+import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cache
 
@@ -37,6 +39,8 @@ class Profile:
     min_compute_capability: tuple[int, int] | None = None
     cpu_isa_any: tuple[str, ...] = ()  # at least one of these CPU flags
     python_modules: tuple[str, ...] = ()
+    tensor_parallel: int = 1  # GPUs one model copy is split over
+    requires_env: tuple[str, ...] = ()  # settings that must be given (e.g. the URL of an external server)
 
     def resolved_threads(self, hw: HardwareInfo) -> int:
         return self.threads or max(1, hw.physical_cores or hw.logical_cores)
@@ -59,9 +63,14 @@ def _torch_cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def incompatibilities(profile: Profile, hw: HardwareInfo) -> list[str]:
+# Extra reasons a profile cannot serve this service's model (e.g. its weights do not fit the GPUs).
+ModelCheck = Callable[[Profile, HardwareInfo], list[str]]
+
+
+def incompatibilities(profile: Profile, hw: HardwareInfo, model_check: ModelCheck | None = None) -> list[str]:
     """Why ``profile`` cannot run on ``hw``; empty when it can."""
     reasons = [f"Python package '{m}' is not installed" for m in profile.python_modules if not _module_available(m)]
+    reasons += [f"{name} is not set" for name in profile.requires_env if not os.environ.get(name)]
     if profile.cpu_isa_any and not any(hw.has_isa(f) for f in profile.cpu_isa_any):
         reasons.append(f"CPU lacks all of: {', '.join(profile.cpu_isa_any)}")
     if profile.min_gpus:
@@ -76,6 +85,8 @@ def incompatibilities(profile: Profile, hw: HardwareInfo) -> list[str]:
                 reasons.append(f"needs compute capability >= {cap[0]}.{cap[1]}")
             if profile.device == "cuda" and not reasons and not _torch_cuda_available():
                 reasons.append("torch has no CUDA support (install a CUDA build of torch)")
+    if model_check and not reasons:
+        reasons += model_check(profile, hw)
     return reasons
 
 
@@ -87,10 +98,11 @@ class ProfileChoice:
     pinned: bool
 
 
-def evaluate(profiles: list[Profile], hw: HardwareInfo) -> tuple[list[Profile], list[tuple[Profile, list[str]]]]:
+def evaluate(profiles: list[Profile], hw: HardwareInfo, model_check: ModelCheck | None = None
+             ) -> tuple[list[Profile], list[tuple[Profile, list[str]]]]:
     compatible, incompatible = [], []
     for p in sorted(profiles, key=lambda p: -p.rank):
-        reasons = incompatibilities(p, hw)
+        reasons = incompatibilities(p, hw, model_check)
         if reasons:
             incompatible.append((p, reasons))
         else:
@@ -98,8 +110,9 @@ def evaluate(profiles: list[Profile], hw: HardwareInfo) -> tuple[list[Profile], 
     return compatible, incompatible
 
 
-def select_profile(profiles: list[Profile], hw: HardwareInfo, pinned: str | None = None) -> ProfileChoice:
-    compatible, incompatible = evaluate(profiles, hw)
+def select_profile(profiles: list[Profile], hw: HardwareInfo, pinned: str | None = None,
+                   model_check: ModelCheck | None = None) -> ProfileChoice:
+    compatible, incompatible = evaluate(profiles, hw, model_check)
     if pinned:
         by_id = {p.id: p for p in profiles}
         if pinned not in by_id:

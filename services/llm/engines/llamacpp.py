@@ -1,0 +1,171 @@
+"""llama.cpp through the prebuilt ``xllamacpp`` wheel: the CPU engine (no compile step).
+
+xllamacpp runs llama.cpp's own server in-process: parallel slots, continuous batching, prompt caching and
+grammars. Generation goes through its in-process calls (a Python callback per piece; returning True cancels).
+Tokenizing and chat templates go to the same server's loopback listener, which a random key keeps private.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import httpx
+
+from services.common.errors import InvalidRequestError
+from services.llm.engines.base import (
+    EngineInfo, Emit, Finished, LLMEngine, SamplingParams, TextDelta, TokenLogprob, TopLogprob,
+)
+from services.llm.model import LLMModelInfo
+
+# Without a configured limit, serve at most this much context per sequence (KV memory grows with it).
+DEFAULT_CONTEXT_CAP = 4096
+
+
+def _gbnf_literal(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)  # GBNF string literals use JSON's escapes
+
+
+def choice_grammar(choices: list[str]) -> str:
+    return "root ::= " + " | ".join(_gbnf_literal(c) for c in choices)
+
+
+class LlamaCppEngine(LLMEngine):
+    name = "llamacpp"
+    features = frozenset({"json_schema", "choice", "logprobs", "logit_bias"})
+
+    def __init__(self, model: LLMModelInfo, *, slots: int, context_length: int | None, threads: int,
+                 batch_tokens: int):
+        self.model = model
+        self.slots = slots
+        self.requested_context = context_length
+        self.threads = threads
+        self.batch_tokens = batch_tokens
+        self._server = None
+        self._http: httpx.Client | None = None
+        self.info: EngineInfo | None = None
+
+    def load(self) -> EngineInfo:
+        import xllamacpp
+
+        trained = self._trained_context()
+        context = min(self.requested_context or min(trained, DEFAULT_CONTEXT_CAP), trained)
+        params = xllamacpp.CommonParams()
+        params.model.path = str(self.model.path)
+        params.n_parallel = self.slots
+        params.n_ctx = context * self.slots  # split evenly: every slot gets its full context
+        params.n_batch = params.n_ubatch = self.batch_tokens
+        params.cpuparams.n_threads = params.cpuparams_batch.n_threads = self.threads
+        params.cache_prompt = True
+        params.ctx_shift = False  # a full context ends the answer with "length"; never silently drops the prompt
+        params.endpoint_metrics = False
+        params.ui = False
+        params.hostnames = ["127.0.0.1"]
+        params.port = 0
+        key = secrets.token_urlsafe(24)
+        params.api_keys = [key]
+        self._server = xllamacpp.Server(params)
+        self._http = httpx.Client(base_url=self._server.listening_address, timeout=30,
+                                  headers={"Authorization": f"Bearer {key}"})
+        props = self._get("/props")
+        vocab = int(self._get("/v1/models")["data"][0].get("meta", {}).get("n_vocab", 0))
+        self.info = EngineInfo(context_length=int(props["default_generation_settings"]["n_ctx"]),
+                               vocab_size=vocab, slots=int(props["total_slots"]),
+                               quantization=str(props.get("model_ftype", "")))
+        return self.info
+
+    def _trained_context(self) -> int:
+        """The model's training context, from the GGUF header (``<arch>.context_length``, a uint32)."""
+        import re
+
+        with open(self.model.path, "rb") as f:
+            head = f.read(1 << 20)  # GGUF metadata precedes the tokenizer arrays; context length is early
+        match = re.search(rb"\.context_length\x04\x00\x00\x00(.{4})", head, re.S)
+        return int.from_bytes(match.group(1), "little") if match else DEFAULT_CONTEXT_CAP
+
+    def _get(self, path: str) -> dict:
+        response = self._http.get(path)
+        response.raise_for_status()
+        return response.json()
+
+    def _post(self, path: str, body: dict) -> dict:
+        response = self._http.post(path, json=body)
+        if response.status_code == 400:
+            raise InvalidRequestError(response.json().get("error", {}).get("message", response.text))
+        response.raise_for_status()
+        return response.json()
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        return self._post("/apply-template", {"messages": messages})["prompt"]
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._post("/tokenize", {"content": text, "add_special": True, "parse_special": True})["tokens"]
+
+    def _request(self, prompt: list[int], p: SamplingParams) -> dict:
+        body = {
+            "prompt": prompt, "stream": True, "max_tokens": p.max_tokens, "temperature": p.temperature,
+            "top_p": p.top_p, "top_k": p.top_k, "min_p": p.min_p, "stop": p.stop,
+            "presence_penalty": p.presence_penalty, "frequency_penalty": p.frequency_penalty,
+            "repeat_penalty": p.repetition_penalty, "ignore_eos": p.ignore_eos, "cache_prompt": True,
+            "logit_bias": [[token, bias] for token, bias in p.logit_bias.items()],
+        }
+        if p.seed is not None:
+            body["seed"] = p.seed
+        if p.logprobs is not None:
+            body["logprobs"] = max(p.logprobs, 1)  # llama.cpp reports the sampled token among its top N
+        if p.constraint and p.constraint.kind == "json_schema":
+            body["json_schema"] = p.constraint.value
+        elif p.constraint and p.constraint.kind == "choice":
+            body["grammar"] = choice_grammar(p.constraint.value)
+        return body
+
+    def check(self, params: SamplingParams) -> None:
+        super().check(params)
+        if params.constraint and params.constraint.kind == "json_schema":
+            import xllamacpp
+
+            try:
+                xllamacpp.json_schema_to_grammar(json.dumps(params.constraint.value))
+            except Exception as exc:  # the converter rejects what it cannot express as a grammar
+                raise InvalidRequestError(f"The JSON schema cannot be enforced: {exc}", param="response_format",
+                                          code="invalid_json_schema") from None
+
+    def generate(self, prompt: list[int], params: SamplingParams, emit: Emit) -> Finished:
+        state = {"reason": "length", "tokens": 0, "cached": 0, "error": None}
+        want_logprobs = params.logprobs
+
+        def on_chunk(chunk: dict) -> bool:
+            if "error" in chunk:
+                state["error"] = chunk["error"]
+                return True
+            usage = chunk.get("usage")
+            if usage:
+                state["tokens"] = usage.get("completion_tokens", state["tokens"])
+                state["cached"] = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+            for choice in chunk.get("choices", ()):
+                if choice.get("finish_reason"):
+                    state["reason"] = choice["finish_reason"]
+                entries = (choice.get("logprobs") or {}).get("content") or ()
+                text = choice.get("text") or ""
+                if text or entries:
+                    logprobs = tuple(_token_logprob(e, want_logprobs) for e in entries) if want_logprobs is not None else ()
+                    if emit(TextDelta(text, tokens=max(1, len(entries)), logprobs=logprobs)):
+                        return True
+            return False
+
+        result = self._server.handle_completions(self._request(prompt, params), on_chunk)
+        error = state["error"] or (result.get("error") if isinstance(result, dict) else None)
+        if error:
+            raise InvalidRequestError(str(error.get("message", error)) if isinstance(error, dict) else str(error))
+        return Finished(reason="stop" if state["reason"] == "stop" else "length",
+                        completion_tokens=state["tokens"], cached_prompt_tokens=state["cached"])
+
+    def close(self) -> None:
+        if self._http:
+            self._http.close()
+        self._server = None  # llama.cpp's server stops when the object goes
+
+
+def _token_logprob(entry: dict, top_n: int) -> TokenLogprob:
+    top = tuple(TopLogprob(t["token"], t["logprob"], t.get("bytes")) for t in entry.get("top_logprobs", ())[:top_n])
+    return TokenLogprob(entry["token"], entry["logprob"], entry.get("bytes"), top)
