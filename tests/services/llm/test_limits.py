@@ -9,7 +9,6 @@ import time
 import httpx
 import pytest
 
-from services.llm.model import DEFAULT_MODEL_NAME
 from tests.conftest import start_service
 from tests.services.llm.conftest import metric, wait_for_metric
 
@@ -146,9 +145,10 @@ def test_configured_context_and_n_limits(small_service):
 
 def test_queue_full_gives_429_with_retry_after(small_service):
     url = small_service.base_url
-    body = {"messages": Q, "max_tokens": 200, "nvext": {"ignore_eos": True}}
+    body = {"messages": Q, "max_tokens": 100, "nvext": {"ignore_eos": True}}
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        busy = [pool.submit(_post, url, "chat", body, headers=AUTH) for _ in range(2)]  # one runs, one waits
+        # one runs, one waits
+        busy = [pool.submit(_post, url, "chat", body, headers=AUTH, timeout=180) for _ in range(2)]
         wait_for_metric(url, "num_requests_waiting", 1, headers=AUTH)
         refused = _post(url, "chat", body, headers=AUTH)
         statuses = [f.result().status_code for f in busy]
