@@ -82,6 +82,7 @@ class LLMServing(ModelServing):
         self.info: EngineInfo | None = None
         self.llm_metrics = LLMMetrics(metrics)
         self._slots: asyncio.Semaphore | None = None
+        self._running = 0
         self._waiting = 0
         self._executor: ThreadPoolExecutor | None = None
         self.fingerprint = f"nimrag-{choice.profile.id}"
@@ -192,7 +193,7 @@ class LLMServing(ModelServing):
         yield b"data: [DONE]\n\n"
 
     def _admit(self, sequences: int) -> None:
-        free = self._slots._value if self._slots else 0
+        free = self.info.slots - self._running
         if sequences > free and self._waiting + sequences > self.settings.max_queue_items:
             self.metrics.rejected.labels("queue_full").inc()
             raise QueueFullError(self._waiting, self.settings.max_queue_items)
@@ -289,9 +290,11 @@ class LLMServing(ModelServing):
         finally:
             self._waiting -= 1
             self.llm_metrics.waiting.dec()
+        self._running += 1
         self.llm_metrics.running.inc()
 
     def _release_slot(self, _future) -> None:
+        self._running -= 1
         self.llm_metrics.running.dec()
         self._slots.release()
 

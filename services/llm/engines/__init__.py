@@ -15,7 +15,8 @@ def create_engine(profile: Profile, model: LLMModelInfo, settings: LLMSettings, 
         from services.llm.engines.llamacpp import LlamaCppEngine
 
         return LlamaCppEngine(model, slots=slots, context_length=settings.max_model_len,
-                              threads=profile.resolved_threads(hw), batch_tokens=profile.max_batch_tokens)
+                              threads=profile.resolved_threads(hw), batch_tokens=profile.max_batch_tokens,
+                              verbose=settings.log_level == "DEBUG")
     if profile.backend == "transformers":
         from services.llm.engines.transformers import TransformersEngine
 

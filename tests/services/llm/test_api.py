@@ -22,6 +22,11 @@ def client(llm_service):
     return openai.OpenAI(base_url=llm_service.base_url + "/v1", api_key="unused", max_retries=0)
 
 
+def test_ready_only_after_warm_up(llm_service):
+    statuses = llm_service.ready_statuses
+    assert statuses[0] == 503 and statuses[-1] == 200, statuses
+
+
 def test_models_lists_the_served_model(client):
     models = client.models.list().data
     assert [m.id for m in models] == [DEFAULT_MODEL_NAME]
