@@ -15,6 +15,17 @@ from services.common.errors import InvalidRequestError
 
 FinishReason = Literal["stop", "length"]
 
+# Without a configured limit, serve at most this much context per sequence (KV memory grows with it); also the
+# model's training context where the model does not say.
+DEFAULT_CONTEXT_CAP = 4096
+
+
+def context_length(requested: int | None, trained: int | None) -> int:
+    """Tokens per sequence: the configured limit (``requested``), else the model's training context capped at
+    :data:`DEFAULT_CONTEXT_CAP`; never more than the model was trained for (``None``: unknown)."""
+    trained = trained or DEFAULT_CONTEXT_CAP
+    return min(requested or min(trained, DEFAULT_CONTEXT_CAP), trained)
+
 
 @dataclass(frozen=True)
 class Constraint:

