@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
-from services.common.body import json_body_openapi, parse_json_body
+from services.common.body import json_body_openapi, json_endpoint, parse_json_body
 from services.common.cancellation import cancel_on_disconnect
-from services.llm.protocol import ChatCompletionRequest, CompletionRequest
+from services.llm.protocol import ChatCompletionRequest, CompletionRequest, TokenizeRequest
 
 router = APIRouter()
 
@@ -32,3 +32,8 @@ async def chat_completions(request: Request) -> Response:
 async def completions(request: Request) -> Response:
     body = await parse_json_body(request, CompletionRequest)
     return await _respond(request, request.app.state.serving.complete(body))
+
+
+@router.post("/tokenize", openapi_extra=json_body_openapi(TokenizeRequest))
+async def tokenize(request: Request) -> Response:
+    return await json_endpoint(request, TokenizeRequest, request.app.state.serving.tokenize)

@@ -38,7 +38,7 @@ from services.llm.engines.base import (
 )
 from services.llm.metrics import LLMMetrics
 from services.llm.model import LLMModelInfo
-from services.llm.protocol import ChatCompletionRequest, CompletionRequest
+from services.llm.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, TokenizeRequest
 from services.llm.sampling import (
     check_request_limits,
     completion_budget,
@@ -119,12 +119,25 @@ class LLMServing(ModelServing):
         self.ensure_ready()
         name = self.resolve_model(request.model)
         check_request_limits(request, self.settings)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
-                     **({"name": m.name} if m.name else {})} for m in request.messages]
-        prompt = await asyncio.to_thread(lambda: self.engine.tokenize(self.engine.apply_chat_template(messages)))
+        prompt = await self._chat_prompt(request.messages)
         jobs = self._jobs([prompt], request)
         answer = ChatAnswer(name, self.fingerprint, request, [len(prompt)])
         return await self._answer(jobs, answer, request.stream, timing)
+
+    async def _chat_prompt(self, messages: list[ChatMessage]) -> list[int]:
+        turns = [{"role": "system" if m.role == "developer" else m.role, "content": m.text(),
+                  **({"name": m.name} if m.name else {})} for m in messages]
+        return await asyncio.to_thread(lambda: self.engine.tokenize(self.engine.apply_chat_template(turns)))
+
+    async def tokenize(self, request: TokenizeRequest) -> bytes:
+        """Token ids of a prompt or of templated messages, and the context they must fit (vLLM's /tokenize)."""
+        self.ensure_ready()
+        self.resolve_model(request.model)
+        if request.messages is not None:
+            tokens = await self._chat_prompt(request.messages)
+        else:
+            tokens = await asyncio.to_thread(self.engine.tokenize, request.prompt)
+        return orjson.dumps({"count": len(tokens), "max_model_len": self.info.context_length, "tokens": tokens})
 
     async def complete(self, request: CompletionRequest) -> tuple[AsyncIterator[bytes] | bytes, bool]:
         timing = RequestTiming()

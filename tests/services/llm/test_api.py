@@ -197,3 +197,13 @@ def test_metadata_names_engine_and_profile(llm_service):
     assert meta["selectedModelProfileId"] == "llamacpp-gguf-tp1-throughput"
     assert meta["engine"] == "llamacpp" and meta["engineInfo"]["slots"] == 8
     assert meta["engineInfo"]["context_length"] == 4096 and meta["modelFormat"] == "gguf"
+
+
+def test_tokenize_counts_what_chat_counts(llm_service, client):
+    url = llm_service.base_url
+    counted = httpx.post(url + "/tokenize", json={"messages": QUESTION}).json()
+    reply = client.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=QUESTION, max_tokens=1)
+    assert counted["count"] == reply.usage.prompt_tokens == len(counted["tokens"])
+    assert counted["max_model_len"] == 4096
+    assert httpx.post(url + "/tokenize", json={"prompt": "Hello world"}).json()["count"] == 2
+    assert httpx.post(url + "/tokenize", json={}).status_code == 422
