@@ -7,7 +7,11 @@ from starlette.responses import Response, StreamingResponse
 
 from services.common.body import json_body_openapi, json_endpoint, parse_json_body
 from services.common.cancellation import cancel_on_disconnect
-from services.llm.protocol import ChatCompletionRequest, CompletionRequest, TokenizeRequest
+from services.llm.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    TokenizeRequest,
+)
 
 router = APIRouter()
 

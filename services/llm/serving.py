@@ -38,7 +38,12 @@ from services.llm.engines.base import (
 )
 from services.llm.metrics import LLMMetrics
 from services.llm.model import LLMModelInfo
-from services.llm.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, TokenizeRequest
+from services.llm.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    TokenizeRequest,
+)
 from services.llm.sampling import (
     check_request_limits,
     completion_budget,
