@@ -1,4 +1,4 @@
-"""The ``nimrag`` command: serve a service, list optimization profiles."""
+"""The ``nimrag`` command: run the platform or one service, ingest documents, ask questions, list profiles."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def _load(target: str):
@@ -19,7 +20,7 @@ def _load(target: str):
 @dataclass(frozen=True)
 class ServiceEntry:
     settings: str  # "module:Class" of the service's settings
-    profiles: str  # "module:LIST" of its optimization profiles
+    profiles: str | None  # "module:LIST" of its optimization profiles (None: it serves no model)
     app_factory: str  # "module:function" building its app from settings
 
 
@@ -28,6 +29,7 @@ SERVICES: dict[str, ServiceEntry] = {
                           "services.common.encoder_profiles:ENCODER_PROFILES", "services.embed.app:create_app"),
     "llm": ServiceEntry("services.llm.settings:LLMSettings", "services.llm.profiles:LLM_PROFILES",
                         "services.llm.app:create_app"),
+    "pipeline": ServiceEntry("pipeline.settings:PipelineSettings", None, "pipeline.app:create_app"),
     "rerank": ServiceEntry("services.rerank.settings:RerankSettings",
                            "services.rerank.profiles:RERANK_PROFILES", "services.rerank.app:create_app"),
 }
@@ -50,6 +52,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     entry = SERVICES[args.service]
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "profile": args.profile,
                                    "model": args.model}.items() if v is not None}
+    if entry.profiles is None and ({"profile", "model"} & set(overrides)):
+        print(f"nimrag: {args.service} serves no model: --profile and --model do not apply", file=sys.stderr)
+        return 2
     settings = _load(entry.settings)(**overrides)
     configure_logging(settings.log_level, settings.json_logs)
     try:
@@ -66,7 +71,7 @@ def cmd_profiles_list(args: argparse.Namespace) -> int:
     from services.common.profiles import ProfileError, evaluate, select_profile
 
     hw = probe()
-    names = [args.service] if args.service else list(SERVICES)
+    names = [args.service] if args.service else [n for n, e in SERVICES.items() if e.profiles]
     report = {}
     for name in names:
         entry = SERVICES[name]
@@ -98,6 +103,60 @@ def cmd_profiles_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from nimrag.platform import Platform
+
+    _offline_env()
+    platform = Platform(json_logs=args.json_logs)
+    try:
+        platform.start()
+        print(f"nimrag: platform ready; pipeline at http://127.0.0.1:{platform.ports['pipeline']}/v1 "
+              "(Ctrl-C stops it)", file=sys.stderr)
+        if args.demo:
+            _demo(platform)
+        return platform.wait()
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"nimrag: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        platform.stop()
+
+
+def _demo(platform) -> None:
+    """Ingest the bundled sample documents and answer one question about them."""
+    from nimrag import rag_cli
+
+    url = f"http://127.0.0.1:{platform.ports['pipeline']}"
+    samples = str(Path(__file__).parent / "samples")
+    rag_cli.ingest([samples], "samples", url, {}, None, None)
+    question = "How long is the warranty on the Aurora X2 kettle, and what does it not cover?"
+    print(f"\nQ: {question}\nA: ", end="")
+    rag_cli.ask(question, "samples", url, {}, as_json=False)
+
+
+def _pipeline_client(args: argparse.Namespace) -> tuple[str, dict]:
+    from pipeline.settings import PipelineSettings
+
+    settings = PipelineSettings()
+    url = args.url or f"http://127.0.0.1:{settings.port}"
+    keys = settings.api_key_list
+    return url.rstrip("/"), ({"Authorization": f"Bearer {keys[0]}"} if keys else {})
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from nimrag import rag_cli
+
+    url, headers = _pipeline_client(args)
+    return rag_cli.ingest(args.paths, args.collection, url, headers, args.chunk_size, args.chunk_overlap)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from nimrag import rag_cli
+
+    url, headers = _pipeline_client(args)
+    return rag_cli.ask(args.question, args.collection, url, headers, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nimrag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,10 +169,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="model folder to serve instead of the bundled default")
     serve.set_defaults(func=cmd_serve)
 
+    up = sub.add_parser("up", help="start the whole platform on this host (embed, rerank, LLM, pipeline)")
+    up.add_argument("--demo", action="store_true", help="ingest the sample documents and ask a question")
+    up.add_argument("--json-logs", action="store_true", help="JSON log lines instead of readable text")
+    up.set_defaults(func=cmd_up)
+
+    ingest = sub.add_parser("ingest", help="index files, folders or globs into a collection")
+    ingest.add_argument("paths", nargs="+")
+    ingest.add_argument("--collection", help="collection name (default: the pipeline's default)")
+    ingest.add_argument("--chunk-size", type=int)
+    ingest.add_argument("--chunk-overlap", type=int)
+    ingest.add_argument("--url", help="pipeline URL (default: http://127.0.0.1:8081)")
+    ingest.set_defaults(func=cmd_ingest)
+
+    ask = sub.add_parser("ask", help="answer a question from a collection, with sources")
+    ask.add_argument("question")
+    ask.add_argument("--collection")
+    ask.add_argument("--url", help="pipeline URL (default: http://127.0.0.1:8081)")
+    ask.add_argument("--json", action="store_true", help="print the answer, citations and timings as JSON")
+    ask.set_defaults(func=cmd_ask)
+
     profiles = sub.add_parser("profiles", help="optimization profiles")
     profiles_sub = profiles.add_subparsers(dest="profiles_command", required=True)
     listing = profiles_sub.add_parser("list", help="compatible and incompatible profiles on this machine")
-    listing.add_argument("--service", choices=sorted(SERVICES))
+    listing.add_argument("--service", choices=sorted(n for n, e in SERVICES.items() if e.profiles))
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_profiles_list)
     return parser

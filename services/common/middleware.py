@@ -16,7 +16,7 @@ from services.common.logs import request_id_var
 from services.common.metrics import ServiceMetrics
 
 # Endpoints an orchestrator probes without credentials.
-OPEN_PATHS = frozenset({"/v1/health/live", "/v1/health/ready"})
+OPEN_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/v1/health"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 

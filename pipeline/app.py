@@ -1,0 +1,60 @@
+"""Build the pipeline app (``nimrag serve pipeline``; ``uvicorn --factory pipeline.app:create_app``)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import Response
+
+from pipeline.router import router
+from pipeline.service import PipelineService
+from pipeline.settings import PipelineSettings
+from services.common.app import package_version
+from services.common.errors import install_error_handlers
+from services.common.metrics import ServiceMetrics
+from services.common.middleware import RequestContextMiddleware
+from services.common.tracing import make_tracer
+
+
+def _probes() -> APIRouter:
+    probes = APIRouter()
+
+    @probes.get("/v1/health/live")
+    async def live() -> dict:
+        return {"object": "health.response", "message": "Service is live.", "status": "live"}
+
+    @probes.get("/v1/health/ready")
+    async def ready() -> dict:  # the pipeline holds no model: ready once up; dependencies: /v1/health
+        return {"object": "health.response", "message": "Service is ready.", "status": "ready"}
+
+    @probes.get("/v1/metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return probes
+
+
+def create_app(settings: PipelineSettings | None = None) -> FastAPI:
+    settings = settings or PipelineSettings()
+    service = PipelineService(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            yield
+        finally:
+            await service.close()
+
+    app = FastAPI(title="nimrag RAG pipeline", version=package_version(), lifespan=lifespan)
+    app.state.settings = settings
+    app.state.service = service
+    app.state.metrics = ServiceMetrics("pipeline")
+    app.state.logger = logging.getLogger("nimrag.pipeline")
+    install_error_handlers(app)
+    app.include_router(_probes())
+    app.include_router(router)
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, api_keys=settings.api_key_list,
+                       max_body_bytes=settings.max_body_bytes, tracer=make_tracer("pipeline"))
+    return app

@@ -1,0 +1,195 @@
+"""The pipeline's serving layer: collections, ingestion tasks, search and answers. Routers stay thin."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from pipeline.answer import Answerer, AnswerEvent
+from pipeline.chunking import Chunker
+from pipeline.clients import ServiceClients
+from pipeline.ingest import FileReport, IngestItem, Ingestor, IngestReport
+from pipeline.protocol import GenerateRequest, RetrievalKnobs
+from pipeline.retrieval import Retriever, SearchOptions
+from pipeline.settings import PipelineSettings
+from pipeline.store import (
+    Catalog,
+    CollectionExists,
+    CollectionNotFound,
+    InvalidCollectionName,
+)
+from services.common.errors import APIError, InvalidRequestError, NotFoundError
+
+MAX_TASKS_KEPT = 1000  # finished upload tasks remembered for /v1/status
+
+
+class CollectionMissing(NotFoundError):
+    def __init__(self, name: str):
+        super().__init__(f"Collection '{name}' does not exist.", param="collection_name",
+                         code="collection_not_found")
+
+
+class CollectionConflict(APIError):
+    status_code = 409
+    error_type = "invalid_request_error"
+
+
+@dataclass
+class IngestTask:
+    id: str
+    collection: str
+    total: int
+    state: str = "PENDING"  # PENDING, FINISHED, FAILED
+    files: list[FileReport] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    error: str | None = None
+    report: IngestReport | None = None
+
+    def as_dict(self) -> dict:
+        done = len(self.files)
+        return {"task_id": self.id, "state": self.state, "collection_name": self.collection,
+                "progress": {"files_done": done, "files_total": self.total},
+                "result": self.report.as_dict() if self.report else
+                {"files": [f.__dict__ for f in self.files]}, "error": self.error}
+
+
+class PipelineService:
+    def __init__(self, settings: PipelineSettings):
+        self.settings = settings
+        self.catalog = Catalog(settings.data_path / "collections")
+        self.clients = ServiceClients(settings)
+        self.retriever = Retriever(self.clients)
+        self.answerer = Answerer(self.clients, self.retriever)
+        self.ingestor = Ingestor(self.clients, settings)
+        self.tasks: dict[str, IngestTask] = {}
+        self._background: set[asyncio.Task] = set()
+
+    async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.clients.close()
+
+    # --- collections ------------------------------------------------------------------------------------------
+    async def collection(self, name: str | None):
+        """An existing collection (opening one may rebuild its index from SQLite: off the event loop)."""
+        name = name or self.settings.default_collection
+        try:
+            return await asyncio.to_thread(self.catalog.open, name)
+        except CollectionNotFound:
+            raise CollectionMissing(name) from None
+        except InvalidCollectionName as exc:
+            raise InvalidRequestError(str(exc), param="collection_name") from None
+
+    async def create_collection(self, name: str, index_kind: str = "flat") -> dict:
+        dimension = (await self.clients.embed(["dimension probe"], "passage")).shape[1]
+        try:
+            await asyncio.to_thread(self.catalog.create, name, dimension, index_kind)
+        except CollectionExists:
+            raise CollectionConflict(f"Collection '{name}' already exists.", param="collection_name",
+                                     code="collection_exists") from None
+        except InvalidCollectionName as exc:
+            raise InvalidRequestError(str(exc), param="collection_name") from None
+        return {"collection_name": name, "dimension": int(dimension), "index_kind": index_kind}
+
+    async def ensure_collection(self, name: str | None):
+        name = name or self.settings.default_collection
+        if not await asyncio.to_thread(self.catalog.exists, name):
+            try:
+                await self.create_collection(name)
+            except CollectionConflict:
+                pass  # created meanwhile by another request
+        return await self.collection(name)
+
+    async def delete_collection(self, name: str) -> None:
+        try:
+            await asyncio.to_thread(self.catalog.delete, name)
+        except CollectionNotFound:
+            raise CollectionMissing(name) from None
+        except InvalidCollectionName as exc:
+            raise InvalidRequestError(str(exc), param="collection_name") from None
+
+    # --- ingestion --------------------------------------------------------------------------------------------
+    def chunker(self, chunk_size: int | None, chunk_overlap: int | None) -> Chunker:
+        size = chunk_size or self.settings.chunk_size
+        overlap = min(self.settings.chunk_overlap, size // 4) if chunk_overlap is None else chunk_overlap
+        try:
+            return Chunker(chunk_size=size, chunk_overlap=overlap)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), param="split_options") from None
+
+    async def start_ingest(self, collection_name: str | None, items: list[IngestItem], chunker: Chunker,
+                           blocking: bool) -> dict:
+        collection = await self.ensure_collection(collection_name)
+        task = IngestTask(uuid.uuid4().hex, collection.name, len(items))
+        self._remember(task)
+        job = asyncio.create_task(self._run_ingest(task, collection, items, chunker))
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+        if blocking:
+            await asyncio.shield(job)
+            return task.as_dict()
+        return {"task_id": task.id, "state": task.state, "message": f"Ingesting {len(items)} file(s) into "
+                f"'{collection.name}'; GET /v1/status?task_id={task.id} for progress."}
+
+    async def _run_ingest(self, task: IngestTask, collection, items, chunker) -> None:
+        try:
+            task.report = await self.ingestor.ingest(collection, items, chunker, on_file=task.files.append)
+            task.state = "FINISHED"
+        except Exception as exc:  # noqa: BLE001 - the task's status carries the failure to the client
+            task.state, task.error = "FAILED", f"{type(exc).__name__}: {exc}"
+
+    def _remember(self, task: IngestTask) -> None:
+        self.tasks[task.id] = task
+        while len(self.tasks) > MAX_TASKS_KEPT:
+            self.tasks.pop(next(iter(self.tasks)))
+
+    def task_status(self, task_id: str) -> dict:
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise NotFoundError(f"No ingestion task '{task_id}'.", param="task_id", code="task_not_found")
+        return task.as_dict()
+
+    # --- retrieval and answers --------------------------------------------------------------------------------
+    def search_options(self, knobs: RetrievalKnobs) -> SearchOptions:
+        s = self.settings
+        rerank = s.enable_reranker if knobs.enable_reranker is None else knobs.enable_reranker
+        return SearchOptions(vdb_top_k=knobs.vdb_top_k or s.vdb_top_k,
+                             reranker_top_k=knobs.reranker_top_k or s.reranker_top_k, rerank=rerank,
+                             rerank_candidates=s.rerank_candidates, threshold=s.relevance_threshold,
+                             sources=knobs.filter.sources if knobs.filter else None, mode=knobs.search_mode)
+
+    async def search(self, query: str, knobs: RetrievalKnobs) -> dict:
+        collection = await self.collection(knobs.collection_name)
+        result = await self.retriever.search(collection, query, self.search_options(knobs))
+        return {"total_results": len(result.hits), "timings_ms": result.timings_ms, "results": [
+            {"document_id": str(h.chunk_id), "document_name": h.chunk.source, "content": h.chunk.text,
+             "score": h.score, "metadata": {"page": h.chunk.page, "chunk_index": h.chunk.index,
+                                            "title": h.chunk.title, "dense_rank": h.dense_rank,
+                                            "lexical_rank": h.lexical_rank, "collection": collection.name}}
+            for h in result.hits]}
+
+    async def answer(self, request: GenerateRequest):
+        """Answer events for a request: with the knowledge base, or the LLM alone when it is turned off."""
+        turns = [m.model_dump() for m in request.messages]
+        max_tokens = request.max_tokens or self.settings.max_tokens
+        temperature = self.settings.temperature if request.temperature is None else request.temperature
+        if not request.use_knowledge_base:
+            return self._plain_answer(turns, max_tokens, temperature, request.top_p)
+        collection = await self.collection(request.collection_name)
+        return self.answerer.answer(collection, turns, self.search_options(request), max_tokens, temperature,
+                                    request.top_p)
+
+    async def _plain_answer(self, turns, max_tokens, temperature, top_p):
+        yield AnswerEvent("citations", citations=[])
+        usage, finish = None, None
+        params = {"max_tokens": max_tokens, "temperature": temperature, **({"top_p": top_p} if top_p else {})}
+        async for chunk in self.clients.chat_stream(turns, **params):
+            usage = chunk.usage.model_dump(exclude_none=True) if chunk.usage else usage
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    yield AnswerEvent("delta", text=choice.delta.content)
+                finish = choice.finish_reason or finish
+        yield AnswerEvent("done", finish_reason=finish or "stop", usage=usage, metrics={})

@@ -1,0 +1,43 @@
+"""Pipeline settings (``NIMRAG_PIPELINE_*``). The microservices' URLs come from here only, never from a request."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+def default_data_path() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "nimrag"
+
+
+class PipelineSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="NIMRAG_PIPELINE_", extra="ignore")
+
+    port: int = Field(8081, ge=1, le=65535)
+    data_path: Path = Field(default_factory=default_data_path, description="Collections (FAISS + SQLite).")
+    embed_url: str = "http://127.0.0.1:8001/v1"
+    rerank_url: str = "http://127.0.0.1:8002/v1"
+    llm_url: str = "http://127.0.0.1:8000/v1"
+    service_api_key: str = Field("", description="Bearer key the pipeline sends to the microservices.")
+    default_collection: str = "default"
+    # Chunks are cut in the embedding model's tokens; all-MiniLM-L6-v2 reads at most 256.
+    chunk_size: int = Field(256, ge=16, le=8192)
+    chunk_overlap: int = Field(64, ge=0)
+    vdb_top_k: int = Field(100, ge=1, le=1000, description="Candidates from each retriever (Blueprint's name).")
+    reranker_top_k: int = Field(5, ge=1, le=100, description="Chunks kept after reranking (Blueprint's name).")
+    enable_reranker: bool = True
+    rerank_candidates: int = Field(40, ge=1, le=512, description="Fused candidates sent to the reranker.")
+    relevance_threshold: float = Field(0.0, description="Below this reranker score a chunk is not relevant.")
+    embed_batch_size: int = Field(64, ge=1, le=2048)
+    embed_concurrency: int = Field(4, ge=1, le=64, description="Embedding requests in flight while ingesting.")
+    max_tokens: int = Field(512, ge=1, description="Answer length when the request does not say.")
+    temperature: float = Field(0.2, ge=0, le=2)
+    max_body_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest request (uploads) before 413.")
+    max_files_per_upload: int = Field(100, ge=1)
+    max_question_chars: int = Field(8192, ge=1)
+    request_timeout_s: float = Field(300, gt=0)
