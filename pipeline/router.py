@@ -73,9 +73,10 @@ async def delete_collection(request: Request, collection_name: Annotated[str, Qu
 
 
 def _safe_name(filename: str | None) -> str:
-    """The base name of an uploaded file: folders in the name (and '..') are dropped, never used as paths."""
+    """The base name of an uploaded file (its folders are dropped, never used as paths); '..' is refused."""
+    parts = PureWindowsPath(filename or "").parts + PurePosixPath(filename or "").parts
     name = PureWindowsPath(PurePosixPath(filename or "").name).name.strip()
-    if not name or name in (".", "..") or len(name) > 255:
+    if not name or name in (".", "..") or ".." in parts or len(name) > 255:
         raise InvalidRequestError(f"Invalid file name '{filename}'.", param="documents")
     return name
 

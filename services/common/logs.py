@@ -43,3 +43,6 @@ def configure_logging(level: str = "INFO", json_logs: bool = True) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # HTTP clients log every call at INFO; the services they call log them already, with the same request id.
+    for name in ("httpx", "httpx2", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
