@@ -38,7 +38,8 @@ def _probes() -> APIRouter:
 
 def create_app(settings: PipelineSettings | None = None) -> FastAPI:
     settings = settings or PipelineSettings()
-    service = PipelineService(settings)
+    metrics = ServiceMetrics("pipeline")
+    service = PipelineService(settings, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -50,11 +51,11 @@ def create_app(settings: PipelineSettings | None = None) -> FastAPI:
     app = FastAPI(title="nimrag RAG pipeline", version=package_version(), lifespan=lifespan)
     app.state.settings = settings
     app.state.service = service
-    app.state.metrics = ServiceMetrics("pipeline")
+    app.state.metrics = metrics
     app.state.logger = logging.getLogger("nimrag.pipeline")
     install_error_handlers(app)
     app.include_router(_probes())
     app.include_router(router)
-    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, api_keys=settings.api_key_list,
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, api_keys=settings.api_key_list,
                        max_body_bytes=settings.max_body_bytes, tracer=make_tracer("pipeline"))
     return app

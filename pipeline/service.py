@@ -11,6 +11,7 @@ from pipeline.answer import Answerer, AnswerEvent
 from pipeline.chunking import Chunker
 from pipeline.clients import ServiceClients
 from pipeline.ingest import FileReport, IngestItem, Ingestor, IngestReport
+from pipeline.metrics import PipelineMetrics
 from pipeline.protocol import GenerateRequest, RetrievalKnobs
 from pipeline.retrieval import Retriever, SearchOptions
 from pipeline.settings import PipelineSettings
@@ -21,6 +22,7 @@ from pipeline.store import (
     InvalidCollectionName,
 )
 from services.common.errors import APIError, InvalidRequestError, NotFoundError
+from services.common.metrics import ServiceMetrics
 
 MAX_TASKS_KEPT = 1000  # finished upload tasks remembered for /v1/status
 
@@ -56,8 +58,9 @@ class IngestTask:
 
 
 class PipelineService:
-    def __init__(self, settings: PipelineSettings):
+    def __init__(self, settings: PipelineSettings, metrics: ServiceMetrics | None = None):
         self.settings = settings
+        self.metrics = PipelineMetrics(metrics or ServiceMetrics("pipeline"))
         self.catalog = Catalog(settings.data_path / "collections")
         self.clients = ServiceClients(settings)
         self.retriever = Retriever(self.clients)
@@ -136,10 +139,17 @@ class PipelineService:
 
     async def _run_ingest(self, task: IngestTask, collection, items, chunker) -> None:
         try:
-            task.report = await self.ingestor.ingest(collection, items, chunker, on_file=task.files.append)
+            task.report = await self.ingestor.ingest(collection, items, chunker, on_file=self._file_done(task))
             task.state = "FINISHED"
         except Exception as exc:  # noqa: BLE001 - the task's status carries the failure to the client
             task.state, task.error = "FAILED", f"{type(exc).__name__}: {exc}"
+
+    def _file_done(self, task: IngestTask):
+        def record(report: FileReport) -> None:
+            task.files.append(report)
+            self.metrics.observe_file(report.status, report.chunks)
+
+        return record
 
     def _remember(self, task: IngestTask) -> None:
         self.tasks[task.id] = task
@@ -179,8 +189,18 @@ class PipelineService:
         if not request.use_knowledge_base:
             return self._plain_answer(turns, max_tokens, temperature, request.top_p)
         collection = await self.collection(request.collection_name)
-        return self.answerer.answer(collection, turns, self.search_options(request), max_tokens, temperature,
-                                    request.top_p)
+        events = self.answerer.answer(collection, turns, self.search_options(request), max_tokens, temperature,
+                                      request.top_p)
+        return self._observed(events)
+
+    async def _observed(self, events):
+        cited = 0
+        async for event in events:
+            if event.kind == "citations":
+                cited = len(event.citations)
+            elif event.kind == "done":
+                self.metrics.observe_answer(event.metrics or {}, cited)
+            yield event
 
     async def _plain_answer(self, turns, max_tokens, temperature, top_p):
         yield AnswerEvent("citations", citations=[])

@@ -263,3 +263,10 @@ def test_health_reports_dependencies(url):
     assert body["status"] == "healthy"
     assert {name: d["status"] for name, d in body["dependencies"].items()} == \
         {"embed": "ready", "rerank": "ready", "llm": "ready"}
+
+
+def test_pipeline_metrics(url, ingested):
+    text = httpx.get(url + "/v1/metrics").text
+    assert 'nimrag_ingested_files_total{status="added"}' in text and "nimrag_ingested_chunks_total" in text
+    assert 'nimrag_rag_stage_seconds_count{stage="retrieval"}' in text
+    assert 'nimrag_rag_answers_total{grounded="no"}' in text and 'nimrag_rag_answers_total{grounded="yes"}' in text
