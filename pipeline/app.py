@@ -5,35 +5,16 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from fastapi import APIRouter, FastAPI, Request
-from starlette.responses import Response
+from fastapi import FastAPI
 
 from pipeline.router import router
 from pipeline.service import PipelineService
 from pipeline.settings import PipelineSettings
-from services.common.app import package_version
+from services.common.app import package_version, probe_router
 from services.common.errors import install_error_handlers
 from services.common.metrics import ServiceMetrics
 from services.common.middleware import RequestContextMiddleware
 from services.common.tracing import make_tracer
-
-
-def _probes() -> APIRouter:
-    probes = APIRouter()
-
-    @probes.get("/v1/health/live")
-    async def live() -> dict:
-        return {"object": "health.response", "message": "Service is live.", "status": "live"}
-
-    @probes.get("/v1/health/ready")
-    async def ready() -> dict:  # the pipeline holds no model: ready once up; dependencies: /v1/health
-        return {"object": "health.response", "message": "Service is ready.", "status": "ready"}
-
-    @probes.get("/v1/metrics")
-    async def metrics(request: Request) -> Response:
-        return Response(request.app.state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    return probes
 
 
 def create_app(settings: PipelineSettings | None = None) -> FastAPI:
@@ -54,7 +35,7 @@ def create_app(settings: PipelineSettings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.logger = logging.getLogger("nimrag.pipeline")
     install_error_handlers(app)
-    app.include_router(_probes())
+    app.include_router(probe_router())  # ready once up: the pipeline loads no model
     app.include_router(router)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, api_keys=settings.api_key_list,
                        max_body_bytes=settings.max_body_bytes, tracer=make_tracer("pipeline"))

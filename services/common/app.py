@@ -36,7 +36,9 @@ def get_serving(request: Request) -> ModelServing:
     return request.app.state.serving
 
 
-def common_router() -> APIRouter:
+def probe_router(check_ready=None) -> APIRouter:
+    """What every service answers, model or not: liveness, readiness (``check_ready(request)`` raises while not
+    ready), version and metrics."""
     router = APIRouter()
 
     @router.get("/v1/health/live")
@@ -45,16 +47,28 @@ def common_router() -> APIRouter:
 
     @router.get("/v1/health/ready")
     async def ready(request: Request) -> dict:
-        get_serving(request).ensure_ready()  # 503 in the error shape, as NIM, while loading or after a failure
+        if check_ready:
+            check_ready(request)  # 503 in the error shape, as NIM, while loading or after a failure
         return {"object": "health.response", "message": "Service is ready.", "status": "ready"}
-
-    @router.get("/v1/models")
-    async def models(request: Request) -> dict:
-        return {"object": "list", "data": get_serving(request).model_cards()}
 
     @router.get("/v1/version")
     async def version() -> dict:
         return {"release": package_version(), "api": API_VERSION}
+
+    @router.get("/v1/metrics")
+    async def metrics(request: Request) -> Response:
+        body = request.app.state.metrics.render()
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return router
+
+
+def common_router() -> APIRouter:
+    router = probe_router(lambda request: get_serving(request).ensure_ready())
+
+    @router.get("/v1/models")
+    async def models(request: Request) -> dict:
+        return {"object": "list", "data": get_serving(request).model_cards()}
 
     @router.get("/v1/metadata")
     async def metadata(request: Request) -> dict:
@@ -72,11 +86,6 @@ def common_router() -> APIRouter:
             "state": serving.state.value,
             **serving.metadata(),
         }
-
-    @router.get("/v1/metrics")
-    async def metrics(request: Request) -> Response:
-        body = request.app.state.metrics.render()
-        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return router
 
