@@ -266,6 +266,10 @@ def test_health_reports_dependencies(url):
 
 
 def test_pipeline_metrics(url, ingested):
+    for question in (QUESTIONS["kestrel-project.md"], "Who wrote the play Hamlet?"):  # grounded, then not
+        httpx.post(url + "/v1/generate", timeout=300, json={
+            "messages": [{"role": "user", "content": question}], "collection_name": "docs", "stream": False,
+            "max_tokens": 4})
     text = httpx.get(url + "/v1/metrics").text
     assert 'nimrag_ingested_files_total{status="added"}' in text and "nimrag_ingested_chunks_total" in text
     assert 'nimrag_rag_stage_seconds_count{stage="retrieval"}' in text
