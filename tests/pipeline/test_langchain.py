@@ -24,7 +24,7 @@ from pipeline.langchain import (
     _turns,
     citation_documents,
 )
-from tests.pipeline.conftest import pipeline_url as tests_pipeline_url
+from tests.pipeline.conftest import pipeline_url as url_of
 
 COLLECTION = "lc"
 DOCUMENTS = {
@@ -41,7 +41,7 @@ ANSWER_TOKENS = 32  # short answers: the CPU LLM is the slow part of this file
 @pytest.fixture(scope="module")
 def pipeline_url(platform) -> str:
     """The shared platform, with the three documents in collection 'lc'."""
-    url = tests_pipeline_url(platform)
+    url = url_of(platform)
     response = httpx.post(url + "/v1/documents", timeout=120,
                           data={"data": json.dumps({"collection_name": COLLECTION, "blocking": True})},
                           files=[("documents", (name, text.encode())) for name, text in DOCUMENTS.items()])
