@@ -81,12 +81,6 @@ class SamplingRequest(NvExt):
             raise ValueError("stop sequences must be non-empty strings")
         return stops
 
-    @model_validator(mode="after")
-    def _stream_options_need_stream(self):
-        if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options is only allowed when stream is true")
-        return self
-
     def extension(self, name: str) -> Any:
         """A NIM extension from ``nvext`` (wins) or the top level."""
         inner = getattr(self.nvext, name, None) if self.nvext else None

@@ -41,6 +41,8 @@ def completion_budget(request: SamplingRequest, prompt_tokens: int, context: int
 
 
 def check_request_limits(request: SamplingRequest, settings: LLMSettings) -> None:
+    if request.stream_options is not None and not request.stream:  # a 400, as OpenAI answers it
+        raise InvalidRequestError("stream_options is only allowed when stream is true.", param="stream_options")
     if request.n > settings.max_n:
         raise InvalidRequestError(f"n is {request.n}; this service allows at most {settings.max_n}.", param="n")
     if len(request.stop) > settings.max_stop_sequences:

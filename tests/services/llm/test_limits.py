@@ -35,7 +35,7 @@ BAD_REQUESTS = [
     ("guided_json not JSON", "chat", {"messages": Q, "nvext": {"guided_json": "{nope"}}, 400, "guided_json"),
     ("guided_regex on llama.cpp", "chat", {"messages": Q, "nvext": {"guided_regex": "a+"}}, 400, "regex"),
     ("unknown model", "chat", {"messages": Q, "model": "gpt-7"}, 404, "gpt-7"),
-    ("stream_options without stream", "chat", {"messages": Q, "stream_options": {"include_usage": True}}, 422,
+    ("stream_options without stream", "chat", {"messages": Q, "stream_options": {"include_usage": True}}, 400,
      "stream"),
     ("top_logprobs without logprobs", "chat", {"messages": Q, "top_logprobs": 2}, 422, "logprobs"),
     ("too many top_logprobs", "chat", {"messages": Q, "logprobs": True, "top_logprobs": 50}, 422, "top_logprobs"),
