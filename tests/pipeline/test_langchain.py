@@ -69,7 +69,7 @@ def chain(pipeline_url) -> NimragAnswerChain:
 ])
 def test_retriever_returns_the_right_document_first(retriever, question, source):
     documents = retriever.invoke(question)
-    assert len(documents) == 3
+    assert 1 <= len(documents) <= 3  # the other documents may fall under the relevance threshold
     best = documents[0]
     assert best.metadata["source"] == source
     assert best.page_content == DOCUMENTS[source]
@@ -91,10 +91,11 @@ def test_retriever_async(retriever):
 
 def test_retriever_filters_by_source(retriever, pipeline_url):
     question = "What is the largest moon of Saturn?"
-    only = retriever.invoke(question, sources=["warranty.txt"])  # per-call override
+    # without the reranker there is no relevance threshold: a filter on unrelated files still returns them
+    only = retriever.invoke(question, sources=["warranty.txt"], enable_reranker=False)  # per-call override
     assert [d.metadata["source"] for d in only] == ["warranty.txt"]
-    fixed = NimragRetriever(base_url=pipeline_url, collection_name=COLLECTION, sources=["bakery.txt",
-                                                                                        "warranty.txt"])
+    fixed = NimragRetriever(base_url=pipeline_url, collection_name=COLLECTION, enable_reranker=False,
+                            sources=["bakery.txt", "warranty.txt"])
     assert {d.metadata["source"] for d in fixed.invoke(question)} == {"bakery.txt", "warranty.txt"}
     top1 = retriever.invoke(question, top_k=1, search_mode="lexical", enable_reranker=False)
     assert [d.metadata["source"] for d in top1] == ["saturn.txt"]
