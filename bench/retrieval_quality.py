@@ -1,0 +1,395 @@
+"""Retrieval quality of the pipeline itself: dense, hybrid (RRF of dense + FTS5 BM25) and hybrid + rerank, BEIR-style.
+
+    python -m bench.retrieval_quality                            # scifact, cranfield, squad (1,000 sampled queries)
+    python -m bench.retrieval_quality --sets scifact --max-queries 50
+
+Each set's corpus goes into a fresh collection of the pipeline's store (``Catalog``, flat index, in a temporary
+folder): one chunk per BEIR document, its text title + " " + text (as ``bench.rerank_quality``), embedded by the
+real embedding service over HTTP (``input_type: passage``, ``truncate: END``, through ``ServiceClients`` in the
+pipeline's batches: ``Ingestor.embed_passages``). No file is parsed: each document is a ``ParsedDocument`` with one
+``Chunk``, its ``source`` the BEIR document id. The queries then go through the pipeline's own ``Retriever``:
+
+- ``lexical``: ``mode="lexical"``, the FTS5 BM25 top 100 alone (SQLite's bm25(), k1=1.2, b=0.75, Porter stemming,
+  every query word OR-ed): no target, it shows what hybrid fuses with dense;
+- ``dense``: ``mode="dense"``, the top ``vdb_top_k`` (100) by cosine, no reranking;
+- ``hybrid``: the pipeline's default mode, RRF (k=60) of the dense and the FTS5 BM25 top 100 each, no reranking;
+- ``hybrid+rerank``: the rerank service scores the fused top ``rerank_candidates`` (the pipeline's setting, 40)
+  and orders them; ranks below those are the hybrid order (so its recall@100 is hybrid's). The relevance
+  threshold is off (-inf) so that every candidate is ranked;
+- ``rerank>=threshold``: the same reranked candidates cut where the pipeline cuts them before answering, at its
+  ``relevance_threshold`` (0.4 for the bundled reranker), nothing below. Queries left with no candidate are the
+  ones the pipeline answers "nothing relevant"; they are counted, with how many had a relevant passage among
+  the candidates all the same.
+
+The embedding and rerank services run as subprocesses (``nimrag serve``) on free ports with their default
+(auto-selected) profiles; their logs go beside the results. Metrics are ``bench.rerank_quality``'s (pytrec_eval's
+for BEIR): nDCG@10 with graded gains, recall@k counting relevance >= 1. Paired nDCG@10 differences (hybrid -
+dense, hybrid+rerank - hybrid) get a bootstrap 95% interval and a sign-flip p-value over queries. Targets: dense
+within 0.01 of the model's published figure where there is one (SciFact), hybrid >= dense. Results go to
+``bench/results/retrieval-quality-<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import (
+    REPO,
+    RESULTS,
+    CpuMeter,
+    Service,
+    fmt,
+    machine_line,
+    run_main,
+)
+from bench.rerank_quality import (
+    SEED,
+    SET_FOLDERS,
+    EvalSet,
+    load_set,
+    ndcg_at,
+    paired_difference,
+    recall_at,
+)
+from pipeline.clients import ServiceClients
+from pipeline.documents import Chunk, Page, ParsedDocument
+from pipeline.ingest import Ingestor
+from pipeline.retrieval import Retriever, SearchOptions
+from pipeline.settings import PipelineSettings
+from pipeline.store import Catalog
+from services.common.hardware import probe
+from services.common.settings import default_cache_path
+
+DEPTH = 100  # vdb_top_k, and the depth of every ranking evaluated
+METHODS = ("dense", "hybrid", "hybrid+rerank")
+LEXICAL = "lexical"  # FTS5 BM25 alone: not a target, it shows what hybrid fuses with dense
+THRESHOLDED = "rerank>=threshold"  # hybrid+rerank cut at the pipeline's relevance threshold, as it answers
+METRICS = ("ndcg@10", "recall@10", "recall@100")
+# all-MiniLM-L6-v2's published nDCG@10 per set: (figure, source). Cranfield and SQuAD are in neither BEIR nor MTEB.
+PUBLISHED = {"scifact": (0.645, "MTEB, SciFact test")}
+PUBLISHED_TOLERANCE = 0.01
+INDEX_PROGRESS = 1024  # passages embedded between progress lines
+
+
+class ServicesMeter:
+    """CPU over a span in % of one core: this process, the services it started (together), everyone else."""
+
+    def __init__(self, pids: list[int]):
+        self.meters = [CpuMeter(pid) for pid in pids] or [CpuMeter()]
+
+    def read(self) -> dict[str, float | None]:
+        reads = [m.read() for m in self.meters]
+        services = [r["server"] for r in reads]
+        total = None if None in services else sum(services)
+        others = reads[0]["others"]
+        if others is not None and total is not None:
+            others = max(0.0, others - sum(services[1:]))  # the first meter already left its own server out
+        return {"own": reads[0]["own"], "services": total, "others": others}
+
+
+def selected_profile(port: int) -> str | None:
+    """The profile a running model service selected (its /v1/metadata)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/metadata", timeout=10) as response:
+            return json.loads(response.read())["selectedModelProfileId"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+# --- indexing -----------------------------------------------------------------------------------------------
+
+def document_of(doc_id: str, text: str) -> tuple[ParsedDocument, Chunk]:
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    doc = ParsedDocument(source=doc_id, title="", media_type="text/plain", pages=[Page(None, text)],
+                         content_hash=digest)
+    return doc, Chunk(source=doc_id, index=0, text=text, page=None, start=0, end=len(text), content_hash=digest)
+
+
+async def index_set(data: EvalSet, collection, ingestor: Ingestor, pids: list[int]) -> dict:
+    """Embed every passage over HTTP (the pipeline's batches and concurrency), then write one document each."""
+    started, meter = time.perf_counter(), ServicesMeter(pids)
+    # The service takes no empty input: an empty passage (two Cranfield documents) gets a zero vector, which no
+    # query is similar to, and no words for FTS5 to match.
+    present = [i for i, text in enumerate(data.doc_texts) if text.strip()]
+    parts = []
+    for begin in range(0, len(present), INDEX_PROGRESS):
+        texts = [data.doc_texts[i] for i in present[begin:begin + INDEX_PROGRESS]]
+        parts.append(await ingestor.embed_passages(texts))
+        done = begin + len(texts)
+        print(f"    embedded {done}/{len(present)} passages "
+              f"({done / (time.perf_counter() - started):.1f}/s)", flush=True)
+    embedded = np.concatenate(parts)
+    vectors = np.zeros((len(data.doc_texts), embedded.shape[1]), dtype=np.float32)
+    vectors[present] = embedded
+    embed_s = time.perf_counter() - started
+    others = meter.read()["others"]
+    started = time.perf_counter()
+
+    def write() -> None:
+        for doc_id, text, vector in zip(data.doc_ids, data.doc_texts, vectors):
+            doc, chunk = document_of(doc_id, text)
+            collection.upsert_document(doc, [chunk], vector[None, :])
+        collection.flush()
+
+    await asyncio.to_thread(write)
+    return {"passages": len(data.doc_ids), "empty_passages": len(data.doc_ids) - len(present), "embed_s": embed_s,
+            "passages_per_s": len(present) / embed_s,
+            "embed_other_cpu_pct": others, "write_s": time.perf_counter() - started}
+
+
+# --- searching ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Methods:
+    dense: SearchOptions
+    lexical: SearchOptions
+    hybrid: SearchOptions
+    rerank: SearchOptions
+
+
+def methods(settings: PipelineSettings, rerank_candidates: int) -> Methods:
+    common = {"vdb_top_k": DEPTH, "rerank_candidates": rerank_candidates, "threshold": -math.inf}
+    return Methods(dense=SearchOptions(reranker_top_k=DEPTH, rerank=False, mode="dense", **common),
+                   lexical=SearchOptions(reranker_top_k=DEPTH, rerank=False, mode="lexical", **common),
+                   hybrid=SearchOptions(reranker_top_k=DEPTH, rerank=False, mode="hybrid", **common),
+                   rerank=SearchOptions(reranker_top_k=rerank_candidates, rerank=True, mode="hybrid", **common))
+
+
+def doc_ids(hits) -> list[str]:
+    return [h.chunk.source for h in hits]
+
+
+async def run_queries(data: EvalSet, concurrency: int, label: str, one) -> tuple[list, float]:
+    """``one(query)`` for every query, ``concurrency`` at a time, in query order; prints progress."""
+    slots, started, done = asyncio.Semaphore(concurrency), time.perf_counter(), 0
+    step = max(1, len(data.query_texts) // 5)
+
+    async def run(text: str):
+        nonlocal done
+        async with slots:
+            result = await one(text)
+        done += 1
+        if done % step == 0 or done == len(data.query_texts):
+            print(f"    {label}: {done}/{len(data.query_texts)} queries "
+                  f"({time.perf_counter() - started:.0f} s)", flush=True)
+        return result
+
+    results = await asyncio.gather(*(run(text) for text in data.query_texts))
+    return results, time.perf_counter() - started
+
+
+async def evaluate_set(data: EvalSet, collection, retriever: Retriever, options: Methods, concurrency: int,
+                       pids: list[int], threshold: float) -> dict:
+    async def first_stage(text: str) -> tuple[list[str], list[str], list[str]]:
+        dense = await retriever.search(collection, text, options.dense)
+        lexical = await retriever.search(collection, text, options.lexical)
+        hybrid = await retriever.search(collection, text, options.hybrid)
+        return doc_ids(dense.hits), doc_ids(lexical.hits), doc_ids(hybrid.hits)
+
+    async def reranked(text: str) -> tuple[list[str], list[float], float]:
+        result = await retriever.search(collection, text, options.rerank)
+        return doc_ids(result.hits), [h.score for h in result.hits], result.timings_ms.get("rerank_ms", 0.0)
+
+    meter = ServicesMeter(pids)
+    first, first_s = await run_queries(data, concurrency, "dense, lexical, hybrid", first_stage)
+    first_others = meter.read()["others"]
+    meter = ServicesMeter(pids)
+    second, rerank_s = await run_queries(data, concurrency, "hybrid + rerank", reranked)
+    rerank_others = meter.read()["others"]
+
+    rows = (LEXICAL, *METHODS, THRESHOLDED)
+    per_query: dict[str, dict[str, list[float]]] = {m: {k: [] for k in METRICS} for m in rows}
+    nothing_relevant = missed = 0  # queries with no candidate at or above the threshold; of those, with a
+    best_scores = []  # relevant passage among the reranked candidates all the same
+    for qid, (dense, lexical, hybrid), (top, scores, _) in zip(data.query_ids, first, second):
+        qrel = data.qrels[qid]
+        scored = set(top)
+        reranked_ids = top + [d for d in hybrid if d not in scored]  # below the reranked: hybrid's order
+        kept = [d for d, score in zip(top, scores) if score >= threshold]
+        best_scores.append(max(scores, default=None))
+        if not kept:
+            nothing_relevant += 1
+            missed += any(qrel.get(d, 0) >= 1 for d in top)
+        for method, ranked in zip(rows, (lexical, dense, hybrid, reranked_ids, kept)):
+            per_query[method]["ndcg@10"].append(ndcg_at(ranked, qrel))
+            per_query[method]["recall@10"].append(recall_at(ranked, qrel, 10))
+            per_query[method]["recall@100"].append(recall_at(ranked, qrel, DEPTH))
+    rng = np.random.default_rng(SEED)
+    ndcg = {m: np.array(per_query[m]["ndcg@10"]) for m in METHODS}
+    rerank_ms = [ms for _, _, ms in second]
+    return {
+        "queries": len(data.query_ids), "queries_available": data.queries_available, "docs": len(data.doc_ids),
+        "mean": {m: {k: float(np.mean(v)) for k, v in ms.items()} for m, ms in per_query.items()},
+        "paired_ndcg@10": {"hybrid - dense": paired_difference(ndcg["hybrid"], ndcg["dense"], rng),
+                           "hybrid+rerank - hybrid": paired_difference(ndcg["hybrid+rerank"], ndcg["hybrid"], rng)},
+        "timing": {"first_stage_s": first_s, "first_stage_other_cpu_pct": first_others,
+                   "rerank_pass_s": rerank_s, "rerank_other_cpu_pct": rerank_others,
+                   "rerank_ms_p50": float(np.percentile(rerank_ms, 50)),
+                   "rerank_pairs_per_s": len(rerank_ms) * options.rerank.rerank_candidates / rerank_s},
+        "threshold": {"value": threshold, "queries_with_nothing_at_or_above": nothing_relevant,
+                      "of_those_with_a_relevant_candidate": missed},
+        "per_query": {"query_ids": data.query_ids, "best_rerank_score": best_scores, **per_query},
+    }
+
+
+# --- verdicts and report ----------------------------------------------------------------------------------------
+
+def verdicts(name: str, result: dict) -> list[dict]:
+    mean = result["mean"]
+    dense, hybrid = mean["dense"]["ndcg@10"], mean["hybrid"]["ndcg@10"]
+    out = []
+    if name in PUBLISHED:
+        figure, source = PUBLISHED[name]
+        out.append({"check": f"dense nDCG@10 within {PUBLISHED_TOLERANCE} of published {figure:.3f} ({source})",
+                    "value": dense - figure, "verdict": "PASS" if abs(dense - figure) <= PUBLISHED_TOLERANCE
+                    else "MISS"})
+    else:
+        out.append({"check": "dense against a published figure", "value": None,
+                    "verdict": "no published all-MiniLM-L6-v2 figure for this set"})
+    out.append({"check": "hybrid nDCG@10 >= dense", "value": hybrid - dense,
+                "verdict": "PASS" if hybrid >= dense else "MISS"})
+    return out
+
+
+def print_table(results: dict[str, dict]) -> None:
+    header = f"{'set':<10} {'queries':>9}  {'method':<18}" + "".join(f"{m:>11}" for m in METRICS)
+    print(header + "\n" + "-" * len(header))
+    for name, r in results.items():
+        for i, method in enumerate((LEXICAL, *METHODS, THRESHOLDED)):
+            label = f"{name:<10} {r['queries']:>4}/{r['queries_available']:<4}" if i == 0 else " " * 20
+            print(f"{label}  {method:<18}" + "".join(f"{r['mean'][method][m]:>11.3f}" for m in METRICS))
+    print("(hybrid+rerank reorders the fused top rerank_candidates; below them it is hybrid's order, so its "
+          "recall@100 is hybrid's. rerank>=threshold keeps only the reranked candidates scoring at least the "
+          "pipeline's relevance_threshold, as the pipeline does before answering)")
+    for name, r in results.items():
+        t = r["threshold"]
+        print(f"  {name}: {t['queries_with_nothing_at_or_above']} of {r['queries']} queries have no candidate "
+              f"scoring >= {t['value']:g} (the pipeline answers 'nothing relevant'); "
+              f"{t['of_those_with_a_relevant_candidate']} of those had a relevant passage among the candidates")
+
+
+def print_differences_and_verdicts(results: dict[str, dict]) -> None:
+    print("\nnDCG@10 differences, paired over queries:")
+    for name, r in results.items():
+        for pair, d in r["paired_ndcg@10"].items():
+            p = "p<0.001" if d["p"] < 0.001 else f"p={d['p']:.3f}"
+            print(f"  {name:<10} {pair:<24} {d['mean']:+.3f}  95% CI [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+                  f"  {p}  better/worse on {d['wins']}/{d['losses']} queries")
+    print("\ntargets:")
+    for name, r in results.items():
+        for v in r["verdicts"]:
+            value = "" if v["value"] is None else f" ({v['value']:+.3f})"
+            print(f"  {name:<10} {v['check']}{value}: {v['verdict']}")
+
+
+def print_costs(results: dict[str, dict], concurrency: int) -> None:
+    print("\ncosts (this machine):")
+    for name, r in results.items():
+        i, t = r["index"], r["timing"]
+        print(f"  {name:<10} indexing: {i['passages_per_s']:.1f} passages/s embedded over HTTP "
+              f"(other processes took {fmt(i['embed_other_cpu_pct'], '.0f')}% CPU), written in {i['write_s']:.1f} s; dense, lexical and "
+              f"hybrid for all queries {t['first_stage_s']:.1f} s; rerank pass {t['rerank_pass_s']:.0f} s "
+              f"({t['rerank_pairs_per_s']:.1f} pairs/s, p50 {t['rerank_ms_p50']:.0f} ms per query at "
+              f"{concurrency} in flight, others {fmt(t['rerank_other_cpu_pct'], '.0f')}% CPU)")
+
+
+# --- main -----------------------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.retrieval_quality", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sets", default="scifact,cranfield,squad", help=f"comma-separated, of {', '.join(SET_FOLDERS)}")
+    p.add_argument("--max-queries", type=int, default=1000,
+                   help="per set; larger sets are sampled (seed 0). Only squad has more by default (10,570)")
+    p.add_argument("--rerank-candidates", type=int, default=None,
+                   help="fused candidates the reranker scores (default: the pipeline's setting, 40)")
+    p.add_argument("--concurrency", type=int, default=4, help="queries in flight")
+    p.add_argument("--embed-profile", help="the embedding service's profile (default: the one it selects)")
+    p.add_argument("--rerank-profile", help="the rerank service's profile (default: the one it selects)")
+    p.add_argument("--cache", type=Path, default=default_cache_path(), help="exported-model cache of the services")
+    p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for each service")
+    args = p.parse_args(argv)
+    args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    unknown = [s for s in args.sets if s not in SET_FOLDERS]
+    if unknown:
+        p.error(f"unknown sets: {', '.join(unknown)}")
+    return args
+
+
+async def evaluate_all(args, settings: PipelineSettings, root: Path, pids: list[int]) -> dict[str, dict]:
+    clients = ServiceClients(settings)
+    retriever, ingestor = Retriever(clients), Ingestor(clients, settings)
+    options = methods(settings, args.rerank_candidates or settings.rerank_candidates)
+    results = {}
+    try:
+        with Catalog(root, use_gpu=False) as catalog:
+            for name in args.sets:
+                data = load_set(name, args.max_queries)
+                print(f"{name}: {len(data.doc_ids)} passages, {len(data.query_ids)} of {data.queries_available} "
+                      "queries" + (f" (sampled, seed {SEED})" if len(data.query_ids) < data.queries_available
+                                   else ""), flush=True)
+                dimension = (await clients.embed(["dimension probe"], "passage")).shape[1]
+                collection = catalog.create(name, int(dimension), "flat")
+                index = await index_set(data, collection, ingestor, pids)
+                result = await evaluate_set(data, collection, retriever, options, args.concurrency, pids,
+                                            settings.relevance_threshold)
+                result["index"] = index
+                result["verdicts"] = verdicts(name, result)
+                results[name] = result
+                catalog.delete(name)
+    finally:
+        await clients.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.cache = args.cache.expanduser()
+    started, stamp = time.perf_counter(), time.strftime("%Y%m%d-%H%M%S")
+    hw = probe()
+    print(f"retrieval quality of the pipeline: {', '.join(args.sets)}; {machine_line(hw)}", flush=True)
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="nimrag-rq-") as tmp:
+        profiles = {"embed": args.embed_profile, "rerank": args.rerank_profile}
+        services = {name: stack.enter_context(Service(name, name, ["--profile", profile] if profile else [],
+                                                      args.cache,
+                                                      RESULTS / f"retrieval-quality-{stamp}-{name}.server.log"))
+                    for name, profile in profiles.items()}
+        for name, service in services.items():
+            ready_s = service.wait_ready(args.ready_timeout)
+            profiles[name] = selected_profile(service.port)
+            print(f"  {name} service ready after {ready_s:.1f} s on port {service.port}, profile {profiles[name]}",
+                  flush=True)
+        settings = PipelineSettings(embed_url=f"http://127.0.0.1:{services['embed'].port}/v1",
+                                    rerank_url=f"http://127.0.0.1:{services['rerank'].port}/v1",
+                                    llm_url="http://127.0.0.1:9/v1", data_path=Path(tmp))
+        pids = [service.process.pid for service in services.values()]
+        results = asyncio.run(evaluate_all(args, settings, Path(tmp) / "collections", pids))
+    print()
+    print_table(results)
+    print_differences_and_verdicts(results)
+    print_costs(results, args.concurrency)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"retrieval-quality-{stamp}.json"
+    meta = {"timestamp": stamp, "sets": args.sets, "max_queries": args.max_queries, "depth": DEPTH,
+            "relevance_threshold": PipelineSettings().relevance_threshold,
+            "rerank_candidates": args.rerank_candidates or PipelineSettings().rerank_candidates,
+            "concurrency": args.concurrency, "profiles": profiles, "seed": SEED, "published": PUBLISHED, "hardware": hw.as_dict(),
+            "wall_s": time.perf_counter() - started}
+    out.write_text(json.dumps({"meta": meta, "sets": results}, indent=1))
+    print(f"\nresults: {out.relative_to(REPO)}  (wall {meta['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
