@@ -86,7 +86,7 @@ async def _ingest_local(files: list[Path], collection, chunk_size, chunk_overlap
         target = await service.ensure_collection(collection)
         items = [IngestItem(p.name, lambda p=p: parse_file(p, p.name)) for p in files]
         with _progress(len(files)) as bar:
-            def advance(report) -> None:
+            async def advance(report) -> None:
                 bar.update(1)
 
             result = await service.ingestor.ingest(target, items, service.chunker(chunk_size, chunk_overlap),

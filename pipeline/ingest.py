@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -19,7 +20,9 @@ from pipeline.documents import ParsedDocument
 from pipeline.loaders import DocumentError
 from pipeline.settings import PipelineSettings
 
-FILES_IN_FLIGHT = 4  # documents parsed and embedded at once: keeps the embedder busy while the next file parses
+# Documents between parsing and storing at once. Enough that their passages fill the embedder's batches while
+# it is busy (most files make one or two chunks), few enough to bound memory on a large folder.
+FILES_IN_FLIGHT = 32
 
 
 @dataclass
@@ -57,14 +60,89 @@ class IngestReport:
                 "counts": self.counts(), "seconds": round(self.seconds, 3)}
 
 
+class _Job:
+    """One caller's passages: their vectors fill in as the requests carrying them come back."""
+
+    def __init__(self, texts: list[str]):
+        self.texts = texts
+        self.rows: list[np.ndarray | None] = [None] * len(texts)
+        self.missing = len(texts)
+        self.future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+
+    def put(self, index: int, vector: np.ndarray) -> None:
+        self.rows[index] = vector
+        self.missing -= 1
+        if not self.missing and not self.future.done():
+            self.future.set_result(np.stack(self.rows))
+
+
+class PassageBatcher:
+    """Embeds the passages of all documents in flight in shared requests of up to ``batch_size``, with at most
+    ``slots`` requests out. A request leaves as soon as a slot is free, carrying everything waiting by then: a
+    lone small file is embedded at once, and while the embedder is busy the passages of many one-chunk files
+    gather into the large batches it runs fastest."""
+
+    def __init__(self, embed: Callable[[list[str]], Awaitable[np.ndarray]], batch_size: int, slots: int):
+        self._embed = embed
+        self._batch_size = batch_size
+        self._free = slots
+        self._waiting: deque[tuple[_Job, int]] = deque()
+        self._sending: set[asyncio.Task] = set()
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.empty((0, 0), dtype=np.float32)
+        job = _Job(texts)
+        self._waiting.extend((job, i) for i in range(len(texts)))
+        self._dispatch()
+        return await job.future
+
+    async def close(self) -> None:
+        for task in self._sending:
+            task.cancel()
+        await asyncio.gather(*self._sending, return_exceptions=True)
+
+    def _dispatch(self) -> None:
+        while self._free:
+            batch: list[tuple[_Job, int]] = []
+            while self._waiting and len(batch) < self._batch_size:
+                piece = self._waiting.popleft()
+                if not piece[0].future.done():  # its caller failed or was cancelled meanwhile
+                    batch.append(piece)
+            if not batch:
+                return
+            self._free -= 1
+            task = asyncio.create_task(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[_Job, int]]) -> None:
+        try:
+            vectors = await self._embed([job.texts[i] for job, i in batch])
+        except Exception as exc:  # noqa: BLE001 - each caller whose passage was in the batch gets the error
+            for job, _ in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+        else:
+            for (job, i), vector in zip(batch, vectors, strict=True):
+                job.put(i, vector)
+        finally:
+            self._free += 1
+            self._dispatch()
+
+
 class Ingestor:
     def __init__(self, clients: ServiceClients, settings: PipelineSettings):
         self.clients = clients
         self.settings = settings
-        self._embed_slots = asyncio.Semaphore(settings.embed_concurrency)
+        self._batcher = PassageBatcher(lambda texts: clients.embed(texts, "passage"), settings.embed_batch_size,
+                                       settings.embed_concurrency)
+
+    async def close(self) -> None:
+        await self._batcher.close()
 
     async def ingest(self, collection, items: list[IngestItem], chunker: Chunker,
-                     on_file: Callable[[FileReport], None] | None = None) -> IngestReport:
+                     on_file: Callable[[FileReport], Awaitable[None]] | None = None) -> IngestReport:
         report = IngestReport(collection.name)
         started = time.perf_counter()
         files = asyncio.Semaphore(FILES_IN_FLIGHT)
@@ -74,7 +152,7 @@ class Ingestor:
                 result = await self._ingest_one(collection, item, chunker)
             report.files.append(result)
             if on_file:
-                on_file(result)
+                await on_file(result)
 
         await asyncio.gather(*(one(item) for item in items))
         report.seconds = time.perf_counter() - started
@@ -95,11 +173,5 @@ class Ingestor:
         return FileReport(doc.source, result.status, len(chunks))
 
     async def embed_passages(self, texts: list[str]) -> np.ndarray:
-        size = self.settings.embed_batch_size
-
-        async def batch(start: int) -> np.ndarray:
-            async with self._embed_slots:
-                return await self.clients.embed(texts[start:start + size], "passage")
-
-        parts = await asyncio.gather(*(batch(i) for i in range(0, len(texts), size)))
-        return np.concatenate(parts)
+        """Vectors for ``texts``, in requests shared with every other document being ingested."""
+        return await self._batcher.embed(texts)

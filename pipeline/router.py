@@ -106,7 +106,7 @@ async def upload_documents(request: Request) -> Response:
 
 @router.get("/v1/status")
 async def status(request: Request, task_id: Annotated[str, Query(max_length=64)]) -> Response:
-    return _json(_service(request).task_status(task_id))
+    return _json(await _service(request).task_status(task_id))
 
 
 @router.get("/v1/documents")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass, field
 
 from pipeline.answer import Answerer, AnswerEvent
 from pipeline.chunking import Chunker
 from pipeline.clients import ServiceClients
-from pipeline.ingest import FileReport, IngestItem, Ingestor, IngestReport
+from pipeline.ingest import FileReport, IngestItem, Ingestor
 from pipeline.metrics import PipelineMetrics
 from pipeline.protocol import GenerateRequest, RetrievalKnobs
 from pipeline.retrieval import Retriever, SearchOptions
@@ -21,10 +20,9 @@ from pipeline.store import (
     CollectionNotFound,
     InvalidCollectionName,
 )
+from pipeline.tasks import INTERRUPTED, TaskStore
 from services.common.errors import APIError, InvalidRequestError, NotFoundError
 from services.common.metrics import ServiceMetrics
-
-MAX_TASKS_KEPT = 1000  # finished upload tasks remembered for /v1/status
 
 
 class CollectionMissing(NotFoundError):
@@ -38,25 +36,6 @@ class CollectionConflict(APIError):
     error_type = "invalid_request_error"
 
 
-@dataclass
-class IngestTask:
-    id: str
-    collection: str
-    total: int
-    state: str = "PENDING"  # PENDING, FINISHED, FAILED
-    files: list[FileReport] = field(default_factory=list)
-    created: float = field(default_factory=time.time)
-    error: str | None = None
-    report: IngestReport | None = None
-
-    def as_dict(self) -> dict:
-        done = len(self.files)
-        return {"task_id": self.id, "state": self.state, "collection_name": self.collection,
-                "progress": {"files_done": done, "files_total": self.total},
-                "result": self.report.as_dict() if self.report else
-                {"files": [f.__dict__ for f in self.files]}, "error": self.error}
-
-
 class PipelineService:
     def __init__(self, settings: PipelineSettings, metrics: ServiceMetrics | None = None):
         self.settings = settings
@@ -66,14 +45,16 @@ class PipelineService:
         self.retriever = Retriever(self.clients)
         self.answerer = Answerer(self.clients, self.retriever)
         self.ingestor = Ingestor(self.clients, settings)
-        self.tasks: dict[str, IngestTask] = {}
+        self.tasks = TaskStore(settings.data_path / "tasks.sqlite")
         self._background: set[asyncio.Task] = set()
 
     async def close(self) -> None:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.ingestor.close()
         await self.clients.close()
+        await asyncio.to_thread(self.tasks.close)
 
     # --- collections ------------------------------------------------------------------------------------------
     async def collection(self, name: str | None):
@@ -126,41 +107,37 @@ class PipelineService:
     async def start_ingest(self, collection_name: str | None, items: list[IngestItem], chunker: Chunker,
                            blocking: bool) -> dict:
         collection = await self.ensure_collection(collection_name)
-        task = IngestTask(uuid.uuid4().hex, collection.name, len(items))
-        self._remember(task)
-        job = asyncio.create_task(self._run_ingest(task, collection, items, chunker))
+        task_id = uuid.uuid4().hex
+        await asyncio.to_thread(self.tasks.create, task_id, collection.name, len(items))
+        job = asyncio.create_task(self._run_ingest(task_id, collection, items, chunker))
         self._background.add(job)
         job.add_done_callback(self._background.discard)
         if blocking:
             await asyncio.shield(job)
-            return task.as_dict()
-        return {"task_id": task.id, "state": task.state, "message": f"Ingesting {len(items)} file(s) into "
-                f"'{collection.name}'; GET /v1/status?task_id={task.id} for progress."}
+            return await self.task_status(task_id)
+        return {"task_id": task_id, "state": "PENDING", "message": f"Ingesting {len(items)} file(s) into "
+                f"'{collection.name}'; GET /v1/status?task_id={task_id} for progress."}
 
-    async def _run_ingest(self, task: IngestTask, collection, items, chunker) -> None:
-        try:
-            task.report = await self.ingestor.ingest(collection, items, chunker, on_file=self._file_done(task))
-            task.state = "FINISHED"
-        except Exception as exc:  # noqa: BLE001 - the task's status carries the failure to the client
-            task.state, task.error = "FAILED", f"{type(exc).__name__}: {exc}"
-
-    def _file_done(self, task: IngestTask):
-        def record(report: FileReport) -> None:
-            task.files.append(report)
+    async def _run_ingest(self, task_id: str, collection, items, chunker) -> None:
+        async def file_done(report: FileReport) -> None:
+            await asyncio.to_thread(self.tasks.add_file, task_id, report)
             self.metrics.observe_file(report.status, report.chunks)
 
-        return record
+        started, error = time.perf_counter(), None
+        try:
+            await self.ingestor.ingest(collection, items, chunker, on_file=file_done)
+        except asyncio.CancelledError:  # shutting down: say so now rather than at the next start
+            self.tasks.finish(task_id, INTERRUPTED, time.perf_counter() - started)
+            raise
+        except Exception as exc:  # noqa: BLE001 - the task's status carries the failure to the client
+            error = f"{type(exc).__name__}: {exc}"
+        await asyncio.to_thread(self.tasks.finish, task_id, error, time.perf_counter() - started)
 
-    def _remember(self, task: IngestTask) -> None:
-        self.tasks[task.id] = task
-        while len(self.tasks) > MAX_TASKS_KEPT:
-            self.tasks.pop(next(iter(self.tasks)))
-
-    def task_status(self, task_id: str) -> dict:
-        task = self.tasks.get(task_id)
-        if task is None:
+    async def task_status(self, task_id: str) -> dict:
+        status = await asyncio.to_thread(self.tasks.get, task_id)
+        if status is None:
             raise NotFoundError(f"No ingestion task '{task_id}'.", param="task_id", code="task_not_found")
-        return task.as_dict()
+        return status
 
     # --- retrieval and answers --------------------------------------------------------------------------------
     def search_options(self, knobs: RetrievalKnobs) -> SearchOptions:

@@ -1,17 +1,22 @@
-"""A `nimrag ingest` killed with SIGKILL mid-way leaves a consistent collection, and running it again completes it."""
+"""Killed mid-ingest with SIGKILL: `nimrag ingest` leaves a consistent collection and a rerun completes it; the
+pipeline service keeps its upload tasks, which read interrupted after a restart."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import httpx
+
 from pipeline.store import Catalog
-from tests.conftest import REPO
+from tests.conftest import REPO, start_service
 
 FILES = 150
+UPLOAD_FILES = 60
 
 
 def _ingest(folder, data_path, embed_port) -> subprocess.Popen:
@@ -58,3 +63,49 @@ def test_sigkill_mid_ingest_then_rerun(platform, tmp_path):
         collection = catalog.open("crash")
         assert collection.verify() == []
         assert sorted(d.source for d in collection.list_documents()) == sorted(p.name for p in folder.iterdir())
+
+
+def _pipeline(data_path, platform, tmp_path):
+    ports = platform.ports
+    return start_service("pipeline", tmp_path, env={
+        "NIMRAG_PIPELINE_DATA_PATH": str(data_path), "NIMRAG_PIPELINE_EMBED_BATCH_SIZE": "8",
+        **{f"NIMRAG_PIPELINE_{name.upper()}_URL": f"http://127.0.0.1:{ports[name]}/v1"
+           for name in ("embed", "rerank", "llm")}})
+
+
+def test_upload_task_survives_a_killed_pipeline(platform, tmp_path):
+    data_path = tmp_path / "data"
+    uploads = [("documents", (f"doc-{i:03}.txt", f"Document {i} is about crate {i}. " * 80))
+               for i in range(UPLOAD_FILES)]
+    pipeline = _pipeline(data_path, platform, tmp_path)
+    try:
+        started = httpx.post(pipeline.base_url + "/v1/documents", files=uploads,
+                             data={"data": json.dumps({"collection_name": "tasks", "blocking": False})}, timeout=60)
+        task_id = started.json()["task_id"]
+        deadline = time.monotonic() + 240
+        while httpx.get(pipeline.base_url + "/v1/status", params={"task_id": task_id}).json()[
+                "progress"]["files_done"] < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        os.kill(pipeline.process.pid, signal.SIGKILL)
+        pipeline.process.wait()
+    finally:
+        pipeline.stop()
+
+    restarted = _pipeline(data_path, platform, tmp_path)
+    try:
+        status = httpx.get(restarted.base_url + "/v1/status", params={"task_id": task_id}).json()
+        assert status["state"] == "FAILED" and status["error"].startswith("Interrupted"), status
+        reported = {f["source"] for f in status["result"]["files"] if f["status"] == "added"}
+        assert 5 <= len(reported) < UPLOAD_FILES
+        stored = {d["source"] for d in httpx.get(restarted.base_url + "/v1/documents",
+                                                        params={"collection_name": "tasks"}).json()["documents"]}
+        assert reported <= stored  # a file the task reported as added is in the collection
+
+        again = httpx.post(restarted.base_url + "/v1/documents", files=uploads, timeout=600,
+                           data={"data": json.dumps({"collection_name": "tasks", "blocking": True})}).json()
+        statuses = {f["source"]: f["status"] for f in again["result"]["files"]}
+        assert all(statuses[source] == "unchanged" for source in stored)
+        assert again["result"]["counts"] == {"unchanged": len(stored), "added": UPLOAD_FILES - len(stored)}
+    finally:
+        restarted.stop()
