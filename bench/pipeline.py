@@ -1,7 +1,7 @@
 """The RAG pipeline end to end: ingest throughput against the embedding service's own, search latency at 10k and
 100k chunks, and the latency of streamed answers broken down by stage, all measured in one run.
 
-    python -m bench.pipeline            # about 10 minutes on a quiet 2-core machine
+    python -m bench.pipeline            # about 9 minutes on a quiet 2-core machine
     python -m bench.pipeline --quick    # smoke run, about 3 minutes
 
 The whole platform runs as ``nimrag up`` runs it (``Platform``: embed, rerank, LLM, then the pipeline, each a
@@ -9,10 +9,15 @@ subprocess, here on free ports, with the collections in a temporary folder). Thr
 
 - **ingest**: SciFact abstracts (title, blank line, abstract) written as .txt files, uploaded to ``POST
   /v1/documents`` with ``blocking: true``, 16 files per request one request after another, as ``nimrag ingest``
-  sends them, into a new collection: chunks/s over the whole upload. Then the embedding service's own rate on the
-  very chunk texts the pipeline stored, sent the way the pipeline sends a document's chunks when it has many
+  sends them, into a new collection: chunks/s over the uploads. Against it, the embedding service's own rate on
+  the very chunk texts the pipeline stored, sent the way the pipeline sends a document's chunks when it has many
   (``Ingestor.embed_passages``: ``embed_batch_size`` texts per request, ``embed_concurrency`` requests in flight,
-  ``input_type: passage``). Ratio target: ingest / embed >= 0.8. Each round uses new documents.
+  ``input_type: passage``), and, as a diagnosis, the same texts in one request per document with
+  ``FILES_IN_FLIGHT`` in flight (the "small" side: how the pipeline sent them before its documents shared
+  requests; the service's own dynamic batching then merges what arrives together). The three alternate every
+  ``--piece-files`` files, so
+  that load from other processes, which drifts by the minute on a shared machine, weighs on all of them alike.
+  Ratio target: ingest / embed >= 0.8. Each round uses new documents.
 - **search**: collections of N synthetic chunks written in-process with the store (``Collection.upsert_document``,
   1,000 chunks per document) at the pipeline's data folder: texts are SciFact abstracts cut to 1,100 characters
   (about one 256-token chunk) and reused in turn; vectors are the real embeddings of the ingested chunks, each
@@ -62,7 +67,7 @@ from nimrag.platform import Platform
 from nimrag.rag_cli import UPLOAD_BATCH_FILES
 from pipeline.clients import ServiceClients
 from pipeline.documents import Chunk, Page, ParsedDocument
-from pipeline.ingest import Ingestor
+from pipeline.ingest import FILES_IN_FLIGHT, Ingestor
 from pipeline.settings import PipelineSettings
 from pipeline.store import Catalog
 from services.common.hardware import probe
@@ -138,6 +143,11 @@ class Bench:
     def meter(self) -> ServicesMeter:
         return ServicesMeter([s.process.pid for s in self.platform.running])
 
+    def cpu_by_process(self, reading: dict) -> dict[str, float | None]:
+        """A ServicesMeter reading by name: each service, this process (``bench``) and everyone else."""
+        names = [s.name for s in self.platform.running]
+        return {**dict(zip(names, reading["per_service"])), "bench": reading["own"], "others": reading["others"]}
+
     def embed_totals(self) -> dict[str, float]:
         return asyncio.run(batcher_totals(self.ports["embed"]))
 
@@ -159,32 +169,58 @@ def start_platform(data_path: Path) -> Platform:
 # --- ingest ---------------------------------------------------------------------------------------------------
 
 @dataclass
+class Span:
+    """What one side of a comparison added up over its timed pieces: seconds, the embedding engine's batches
+    (from its /v1/metrics) and CPU per process (% of one core, weighted by the pieces' seconds)."""
+    seconds: float = 0.0
+    texts: int = 0
+    batches: float = 0.0
+    items: float = 0.0
+    engine_s: float = 0.0
+    cpu_seconds: dict = field(default_factory=dict)
+
+    def add(self, seconds: float, texts: int, before: dict, after: dict, cpu: dict) -> None:
+        self.seconds += seconds
+        self.texts += texts
+        self.batches += after["batches"] - before["batches"]
+        self.items += after["items"] - before["items"]
+        self.engine_s += after["engine_s"] - before["engine_s"]
+        for name, pct in cpu.items():
+            if pct is not None:
+                self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + pct * seconds
+
+    @property
+    def rate(self) -> float:
+        return self.texts / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict:
+        return {"seconds": self.seconds, "chunks": self.texts, "chunks_per_s": self.rate,
+                "mean_batch": self.items / self.batches if self.batches else None,
+                "engine_busy_pct": 100 * self.engine_s / self.seconds if self.seconds else None,
+                "cpu_pct": {k: v / self.seconds for k, v in self.cpu_seconds.items()} if self.seconds else {}}
+
+
+@dataclass
 class IngestRound:
     round: int
     documents: int
-    chunks: int
     failed: int
-    ingest_s: float
-    ingest_chunks_per_s: float
-    embed_texts: int
-    embed_s: float
-    embed_chunks_per_s: float
+    pieces: int
     ratio: float
-    ingest_engine_batches: float  # batches the embedding engine ran while ingesting
-    ingest_mean_batch: float | None  # texts per engine batch in the embedding service while ingesting
-    ingest_engine_busy_pct: float | None
-    embed_mean_batch: float | None
-    embed_engine_busy_pct: float | None
-    ingest_other_cpu_pct: float | None
-    embed_other_cpu_pct: float | None
-    ingest_services_cpu_pct: float | None
+    ingest: dict  # Span.summary() of each side
+    embed: dict
+    small_request_texts: int  # diagnosis: texts per request as the pipeline sends them (chunks per document)
+    small: dict  # the embedding service fed such requests from this process
 
 
-def engine_use(before: dict, after: dict, seconds: float) -> tuple[float, float | None, float | None]:
-    batches = after["batches"] - before["batches"]
-    mean = (after["items"] - before["items"]) / batches if batches else None
-    busy = 100 * (after["engine_s"] - before["engine_s"]) / seconds if seconds else None
-    return batches, mean, busy
+def timed(bench: Bench, span: Span, texts: int, work, *args) -> object:
+    """Run ``work(*args)`` (returning (result, seconds), or a result timed here) and add it to ``span``."""
+    before, meter, started = bench.embed_totals(), bench.meter(), time.perf_counter()
+    outcome = work(*args)
+    elapsed = time.perf_counter() - started
+    result, seconds = outcome if isinstance(outcome, tuple) else (outcome, elapsed)
+    span.add(seconds, texts, before, bench.embed_totals(), bench.cpu_by_process(meter.read()))
+    return result
 
 
 def upload(bench: Bench, paths: list[Path], collection: str) -> list[dict]:
@@ -200,13 +236,14 @@ def upload(bench: Bench, paths: list[Path], collection: str) -> list[dict]:
     return reports
 
 
-def stored_texts(bench: Bench, collection: str) -> list[str]:
-    """The chunk texts the pipeline stored, read through the store from this process."""
+def stored_texts(bench: Bench, collection: str, sources: set[str]) -> list[str]:
+    """The texts of the chunks the pipeline stored for ``sources``, read through the store from this process."""
     stored = bench.catalog.open(collection)
-    return [c.chunk.text for c in stored.get_chunks(stored.indexed_ids())]
+    return [c.chunk.text for c in stored.get_chunks(stored.indexed_ids()) if c.chunk.source in sources]
 
 
 async def embed_like_ingestor(settings: PipelineSettings, texts: list[str]) -> tuple[np.ndarray, float]:
+    """The texts through ``Ingestor.embed_passages`` (its batches and concurrency), timed after a warm-up."""
     clients = ServiceClients(settings)
     try:
         await clients.embed(["warm-up"], "passage")
@@ -217,31 +254,47 @@ async def embed_like_ingestor(settings: PipelineSettings, texts: list[str]) -> t
         await clients.close()
 
 
-def ingest_round(bench: Bench, number: int, docs: list[dict], folder: Path) -> tuple[IngestRound, np.ndarray]:
+def embed_texts(settings: PipelineSettings, texts: list[str]) -> tuple[np.ndarray, float]:
+    return asyncio.run(embed_like_ingestor(settings, texts))
+
+
+def ingest_round(bench: Bench, number: int, docs: list[dict], folder: Path,
+                 piece_files: int) -> tuple[IngestRound, np.ndarray]:
+    """Ingest ``docs`` in pieces of ``piece_files`` files; after each piece, the embedding service alone on the
+    chunk texts the piece stored, then the same in requests as small as the pipeline's. Interleaving keeps
+    both sides under the same load from other processes, which drifts by the minute on a shared machine."""
     name = f"ingest-{number}"
     paths = write_documents(docs, folder / name)
     bench.create_collection(name)
-    before, meter, started = bench.embed_totals(), bench.meter(), time.perf_counter()
-    reports = upload(bench, paths, name)
-    ingest_s = time.perf_counter() - started
-    cpu, after = meter.read(), bench.embed_totals()
-    batches, ingest_batch, ingest_busy = engine_use(before, after, ingest_s)
-    chunks = sum(r["chunks"] for r in reports if r["status"] in ("added", "replaced"))
+    sides = {"ingest": Span(), "embed": Span(), "small": Span()}
+    reports, vectors, pieces, per_doc = [], [], 0, 1
+    for start in range(0, len(paths), piece_files):
+        piece = paths[start:start + piece_files]
+        done = timed(bench, sides["ingest"], 0, upload, bench, piece, name)
+        reports += done
+        sources = {r["source"] for r in done if r["status"] in ("added", "replaced")}
+        texts = stored_texts(bench, name, sources)
+        sides["ingest"].texts += sum(r["chunks"] for r in done if r["status"] in ("added", "replaced"))
+        vectors.append(timed(bench, sides["embed"], len(texts), embed_texts, bench.settings, texts))
+        # requests of one document's chunks (the mean so far), FILES_IN_FLIGHT in flight: what small requests
+        # alone cost, without the pipeline's own work
+        added = sum(r["status"] in ("added", "replaced") for r in reports)
+        per_doc = max(1, round(sides["ingest"].texts / max(1, added)))
+        small = bench.settings.model_copy(update={"embed_batch_size": per_doc,
+                                                  "embed_concurrency": FILES_IN_FLIGHT})
+        timed(bench, sides["small"], len(texts), embed_texts, small, texts)
+        pieces += 1
     failed = sum(r["status"] == "failed" for r in reports)
-
-    texts = stored_texts(bench, name)
-    before, meter = bench.embed_totals(), bench.meter()
-    vectors, embed_s = asyncio.run(embed_like_ingestor(bench.settings, texts))
-    embed_cpu, after = meter.read(), bench.embed_totals()
-    _, embed_batch, embed_busy = engine_use(before, after, embed_s)
-    ingest_rate, embed_rate = chunks / ingest_s, len(texts) / embed_s
-    result = IngestRound(number, len(docs), chunks, failed, ingest_s, ingest_rate, len(texts), embed_s, embed_rate,
-                         ingest_rate / embed_rate, batches, ingest_batch, ingest_busy, embed_batch, embed_busy,
-                         cpu["others"], embed_cpu["others"], cpu["services"])
-    print(f"  round {number}: {len(docs)} files -> {chunks} chunks in {ingest_s:.1f} s = {ingest_rate:.1f} chunks/s; "
-          f"embed service on the same {len(texts)} texts {embed_rate:.1f} chunks/s; ratio {result.ratio:.2f} "
-          f"(others {fmt(cpu['others'], '.0f')}% / {fmt(embed_cpu['others'], '.0f')}% CPU)", flush=True)
-    return result, vectors
+    ingest, embed, small_side = (sides[k].summary() for k in ("ingest", "embed", "small"))
+    result = IngestRound(number, len(docs), failed, pieces, ingest["chunks_per_s"] / embed["chunks_per_s"],
+                         ingest, embed, per_doc, small_side)
+    print(f"  round {number}: {len(docs)} files in {pieces} pieces -> {ingest['chunks']} chunks in "
+          f"{ingest['seconds']:.1f} s = {ingest['chunks_per_s']:.1f} chunks/s; embed service on the same texts "
+          f"{embed['chunks_per_s']:.1f} chunks/s; ratio {result.ratio:.3f}; in requests of {per_doc}, "
+          f"{FILES_IN_FLIGHT} in flight: {small_side['chunks_per_s']:.1f} chunks/s (others "
+          f"{fmt(ingest['cpu_pct'].get('others'), '.0f')}% / {fmt(embed['cpu_pct'].get('others'), '.0f')}% CPU)",
+          flush=True)
+    return result, np.concatenate(vectors)
 
 
 # --- search ---------------------------------------------------------------------------------------------------
@@ -412,6 +465,7 @@ class Answer:
     prompt_tokens: int | None = None
     citations: int | None = None  # sources the answer was given (0: the pipeline found nothing relevant)
     error: str | None = None
+    guardrails: dict | None = None  # the policy's verdict, when one ran
 
 
 @dataclass
@@ -433,10 +487,12 @@ class AnswerLevel:
     answers: list[dict] = field(default_factory=list)
 
 
-async def ask(client: httpx.AsyncClient, question: str, collection: str, max_tokens: int) -> Answer:
+async def ask(client: httpx.AsyncClient, question: str, collection: str, max_tokens: int,
+              extra: dict | None = None) -> Answer:
     body = {"messages": [{"role": "user", "content": question}], "collection_name": collection, "stream": True,
-            "max_tokens": max_tokens}
+            "max_tokens": max_tokens, **(extra or {})}
     started, first, metrics, usage, error, citations = time.perf_counter(), None, None, None, None, None
+    verdict = None
     async with client.stream("POST", "/v1/generate", json=body) as response:
         if response.status_code != 200:
             text = (await response.aread()).decode(errors="replace")
@@ -456,6 +512,7 @@ async def ask(client: httpx.AsyncClient, question: str, collection: str, max_tok
                 first = time.perf_counter()
             if "metrics" in chunk:
                 metrics, usage = chunk["metrics"] or {}, chunk.get("usage") or {}
+                verdict = chunk.get("guardrails")
     total = time.perf_counter() - started
     if metrics is None and error is None:
         error = "no final chunk with metrics"
@@ -464,7 +521,8 @@ async def ask(client: httpx.AsyncClient, question: str, collection: str, max_tok
         metrics["other_ms"] = metrics["total_ms"] - sum(metrics.get(k, 0.0)
                                                         for k in ("retrieval_ms", "rerank_ms", "llm_ms"))
     return Answer(metrics, None if first is None else 1000 * (first - started), 1000 * total,
-                  (usage or {}).get("completion_tokens"), (usage or {}).get("prompt_tokens"), citations, error)
+                  (usage or {}).get("completion_tokens"), (usage or {}).get("prompt_tokens"), citations, error,
+                  verdict)
 
 
 async def answer_level(bench: Bench, users: int, per_user: int, questions: list[str], collection: str,
@@ -514,28 +572,40 @@ async def answer_level(bench: Bench, users: int, per_user: int, questions: list[
 # --- report ---------------------------------------------------------------------------------------------------
 
 def print_report(rounds: list[IngestRound], rows: list[LatencyRow], levels: list[AnswerLevel], args) -> dict:
-    print("\ningest (chunks/s; embed = the embedding service on the same chunk texts, pipeline's batches):")
-    print(f"{'round':>5} {'files':>6} {'chunks':>7} {'ingest s':>9} {'ingest/s':>9} {'embed/s':>8} {'ratio':>6} "
-          f"{'batch ing/emb':>14} {'busy% ing/emb':>14} {'other% ing/emb':>15}")
+    print("\ningest (chunks/s; embed: the embedding service alone on the same chunk texts, the pipeline's batches; "
+          "small: the same in requests of one document's chunks, as the pipeline sends them):")
+    print(f"{'round':>5} {'files':>6} {'pieces':>6} {'chunks':>7} {'ingest s':>9} {'ingest/s':>9} {'embed/s':>8} "
+          f"{'small/s':>8} {'ratio':>6} {'batch ing/emb/sm':>17} {'busy% ing/emb/sm':>17} {'other% ing/emb/sm':>18}")
     for r in rounds:
-        print(f"{r.round:>5} {r.documents:>6} {r.chunks:>7} {r.ingest_s:>9.1f} {r.ingest_chunks_per_s:>9.1f} "
-              f"{r.embed_chunks_per_s:>8.1f} {r.ratio:>6.2f} "
-              f"{fmt(r.ingest_mean_batch) + '/' + fmt(r.embed_mean_batch):>14} "
-              f"{fmt(r.ingest_engine_busy_pct, '.0f') + '/' + fmt(r.embed_engine_busy_pct, '.0f'):>14} "
-              f"{fmt(r.ingest_other_cpu_pct, '.0f') + '/' + fmt(r.embed_other_cpu_pct, '.0f'):>15}")
-    chunks, ingest_s = sum(r.chunks for r in rounds), sum(r.ingest_s for r in rounds)
-    texts, embed_s = sum(r.embed_texts for r in rounds), sum(r.embed_s for r in rounds)
+        sides = (r.ingest, r.embed, r.small)
+        batch = "/".join(fmt(x["mean_batch"]) for x in sides)
+        busy = "/".join(fmt(x["engine_busy_pct"], ".0f") for x in sides)
+        others = "/".join(fmt(x["cpu_pct"].get("others"), ".0f") for x in sides)
+        print(f"{r.round:>5} {r.documents:>6} {r.pieces:>6} {r.ingest['chunks']:>7} {r.ingest['seconds']:>9.1f} "
+              f"{r.ingest['chunks_per_s']:>9.1f} {r.embed['chunks_per_s']:>8.1f} {r.small['chunks_per_s']:>8.1f} "
+              f"{r.ratio:>6.3f} {batch:>17} {busy:>17} {others:>18}")
+    for r in rounds:
+        def shares(cpu: dict) -> str:
+            return ", ".join(f"{k} {fmt(cpu.get(k), '.0f')}" for k in ("embed", "pipeline", "bench", "others"))
+        print(f"  round {r.round} CPU, % of one core: ingesting: {shares(r.ingest['cpu_pct'])}; embed service alone: "
+              f"{shares(r.embed['cpu_pct'])}")
+    print("batch: texts per embedding-engine batch; busy%: share of the time the engine was running; other%: CPU of "
+          "other processes (not the platform, not this one)")
+    chunks = sum(r.ingest["chunks"] for r in rounds)
+    ingest_s = sum(r.ingest["seconds"] for r in rounds)
+    texts, embed_s = sum(r.embed["chunks"] for r in rounds), sum(r.embed["seconds"] for r in rounds)
     ratio = (chunks / ingest_s) / (texts / embed_s)
     verdict = "PASS" if ratio >= INGEST_TARGET else "MISS"
     print(f"all rounds: ingest {chunks / ingest_s:.1f} chunks/s, embed service {texts / embed_s:.1f} chunks/s, "
-          f"ratio {ratio:.2f}  target >= {INGEST_TARGET}  {verdict}")
+          f"ratio {ratio:.3f}  target >= {INGEST_TARGET}  {verdict}")
 
     print("\nsearch latency (ms; k = vdb_top_k; HTTP: one client, hybrid, no rerank):")
     print(f"{'what':<46}{'index':<6}{'chunks':>8}{'n':>5}{'p50':>9}{'p99':>9}{'srv p50':>9}{'recall':>8}"
           f"{'other%':>7}")
     for r in rows:
         print(f"{r.what:<46}{r.index:<6}{r.chunks:>8,}{r.requests:>5}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}"
-              f"{fmt(r.server_retrieval_p50_ms):>9}{fmt(r.hnsw_recall_at_k, '.3f'):>8}{fmt(r.other_cpu_pct, '.0f'):>7}")
+              f"{fmt(r.server_retrieval_p50_ms):>9}{fmt(r.hnsw_recall_at_k, '.3f'):>8}"
+              f"{fmt(r.other_cpu_pct, '.0f'):>7}")
     print("srv p50: the pipeline's own retrieval_ms (query embedding + dense + FTS5, concurrently); recall: HNSW "
           "top-k against the flat index's exact top-k on the same vectors")
 
@@ -548,7 +618,8 @@ def print_report(rounds: list[IngestRound], rows: list[LatencyRow], levels: list
         print(f"{level.users:>5}{level.requests:>8}{level.no_context:>8}{level.errors:>7}"
               + "".join(f"{fmt(level.p50_ms.get(s), '.0f'):>11}" for s in ANSWER_STAGES)
               + f"{fmt(level.client_ttft_p50_ms, '.0f'):>10}{fmt(level.client_ttft_p99_ms, '.0f'):>10}"
-              f"{fmt(level.prompt_tokens_mean, '.0f'):>8}{fmt(level.completion_tokens_mean, '.0f'):>8}{fmt(level.other_cpu_pct, '.0f'):>7}")
+              f"{fmt(level.prompt_tokens_mean, '.0f'):>8}{fmt(level.completion_tokens_mean, '.0f'):>8}"
+              f"{fmt(level.other_cpu_pct, '.0f'):>7}")
         for sample in level.error_samples:
             print(f"      error: {sample}")
     print("answers: with sources, the ones the figures describe; nothing: questions for which no passage reached "
@@ -576,11 +647,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--answers", type=int, help="answers at 1 user (default 6; quick 2)")
     p.add_argument("--answers-per-user", type=int, help="answers per user at 4 users (default 2; quick 1)")
     p.add_argument("--max-tokens", type=int, default=128, help="answer length asked for")
+    p.add_argument("--piece-files", type=int, default=48,
+                   help="files ingested between two measurements of the embedding service alone (interleaved)")
     p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for the platform")
+    p.add_argument("--skip", type=lambda text: {x.strip() for x in text.split(",") if x.strip()}, default=set(),
+                   help="parts to leave out: search, answers (ingest always runs: the others need it)")
     args = p.parse_args(argv)
     defaults = {"docs": (200, 100), "rounds": (2, 1), "sizes": ([10000, 100000], [10000]),
                 "hnsw_size": (100000, 10000), "search_requests": (150, 40), "answers": (6, 2),
                 "answers_per_user": (2, 1)}
+    if args.skip - {"search", "answers"}:
+        p.error(f"--skip takes search and answers, not {', '.join(sorted(args.skip - {'search', 'answers'}))}")
     for key, (full, quick) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
@@ -612,17 +689,21 @@ def main(argv: list[str] | None = None) -> int:
                 rounds, vectors = [], []
                 for number in range(1, args.rounds + 1):
                     docs = data.docs[(number - 1) * args.docs: number * args.docs]
-                    result, embedded = ingest_round(bench, number, docs, folder / "files")
+                    result, embedded = ingest_round(bench, number, docs, folder / "files", args.piece_files)
                     rounds.append(result)
                     vectors.append(embedded)
-                print("search:", flush=True)
-                rows, builds = search_part(bench, data, np.concatenate(vectors), args)
-                print("answers:", flush=True)
-                questions = data.claims_answerable_from(data.docs[:args.docs])
-                second = ASK_LIMIT * args.answers  # the 4-user level asks other questions
-                levels = [asyncio.run(answer_level(bench, 1, args.answers, questions, "ingest-1", args.max_tokens)),
-                          asyncio.run(answer_level(bench, 4, args.answers_per_user, questions[second:], "ingest-1",
-                                                   args.max_tokens))]
+                rows, builds, levels = [], {}, []
+                if "search" not in args.skip:
+                    print("search:", flush=True)
+                    rows, builds = search_part(bench, data, np.concatenate(vectors), args)
+                if "answers" not in args.skip:
+                    print("answers:", flush=True)
+                    questions = data.claims_answerable_from(data.docs[:args.docs])
+                    second = ASK_LIMIT * args.answers  # the 4-user level asks other questions
+                    levels = [asyncio.run(answer_level(bench, 1, args.answers, questions, "ingest-1",
+                                                       args.max_tokens)),
+                              asyncio.run(answer_level(bench, 4, args.answers_per_user, questions[second:],
+                                                       "ingest-1", args.max_tokens))]
             finally:
                 bench.close()
         finally:
@@ -630,7 +711,8 @@ def main(argv: list[str] | None = None) -> int:
     ingest = print_report(rounds, rows, levels, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"pipeline-{stamp}.json"
-    meta = {"timestamp": stamp, "quick": args.quick, "args": vars(args), "hardware": hw.as_dict(),
+    meta = {"timestamp": stamp, "quick": args.quick, "args": {**vars(args), "skip": sorted(args.skip)},
+            "hardware": hw.as_dict(),
             "faiss_threads": faiss.omp_get_max_threads(), "profiles": profiles, "synthetic": {
                 "texts": f"SciFact title + abstract cut to {SYNTHETIC_TEXT_CHARS} chars, reused in turn",
                 "vectors": f"real embeddings of the ingested chunks + Gaussian noise of norm ~{SYNTHETIC_NOISE_NORM}, "

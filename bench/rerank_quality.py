@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from pipeline.store import STOPWORDS  # Lucene's English stop set (Anserini's default analyzer drops these too)
+
 REPO = Path(__file__).resolve().parent.parent
 EVAL = REPO.parent / "shared" / "eval"
 RESULTS = REPO / "bench" / "results"
@@ -50,9 +52,6 @@ DEPTH = 100  # first-stage candidates per query
 RRF_K = 60
 ENCODE_BATCH = 32  # texts per forward pass, sorted by length so padding stays small
 SEED = 0
-# Lucene's English stop set (Anserini's default analyzer drops these too).
-STOPWORDS = frozenset("a an and are as at be but by for if in into is it no not of on or such that the their then "
-                      "there these they this to was will with".split())
 RERANKERS = ["bi-encoder", "LI-all", "LI-content", "RRF(BM25,bi)"]
 LATE_INTERACTION = {"LI-all": False, "LI-content": True}  # variant -> drop [CLS]/[SEP]
 COMPARED = [("LI-all", "bi-encoder"), ("LI-content", "bi-encoder"), ("LI-content", "LI-all")]  # paired nDCG@10

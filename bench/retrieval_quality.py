@@ -89,14 +89,15 @@ class ServicesMeter:
     def __init__(self, pids: list[int]):
         self.meters = [CpuMeter(pid) for pid in pids] or [CpuMeter()]
 
-    def read(self) -> dict[str, float | None]:
+    def read(self) -> dict:
+        """``own``, ``services`` (their sum), ``others``, and ``per_service``: each pid's share, in order."""
         reads = [m.read() for m in self.meters]
         services = [r["server"] for r in reads]
         total = None if None in services else sum(services)
         others = reads[0]["others"]
         if others is not None and total is not None:
             others = max(0.0, others - sum(services[1:]))  # the first meter already left its own server out
-        return {"own": reads[0]["own"], "services": total, "others": others}
+        return {"own": reads[0]["own"], "services": total, "others": others, "per_service": services}
 
 
 def selected_profile(port: int) -> str | None:
@@ -244,6 +245,32 @@ async def evaluate_set(data: EvalSet, collection, retriever: Retriever, options:
     }
 
 
+async def off_topic_scores(name: str, args, collection, retriever: Retriever, options: Methods) -> dict:
+    """The best reranker score of queries from the other sets (about other subjects) on this set's collection:
+    what the relevance threshold must refuse."""
+    others = [other for other in SET_FOLDERS if other != name]
+    pools = [load_set(other, args.off_topic).query_texts for other in others]
+    texts = [pool[i] for i in range(args.off_topic) for pool in pools if i < len(pool)][:args.off_topic]
+    slots = asyncio.Semaphore(args.concurrency)
+
+    async def best(text: str) -> float | None:
+        async with slots:
+            result = await retriever.search(collection, text, options.rerank)
+        return max((h.score for h in result.hits), default=None)
+
+    print(f"    off-topic: {len(texts)} queries of {', '.join(others)}", flush=True)
+    return {"from": others, "best_rerank_score": list(await asyncio.gather(*(best(t) for t in texts)))}
+
+
+def calibration(result: dict, thresholds=(0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)) -> list[dict]:
+    """Per threshold: the share of the set's own queries answered (best reranked candidate at or above it) and
+    the share of the other sets' queries refused."""
+    on = [score for score in result["per_query"]["best_rerank_score"] if score is not None]
+    off = [score for score in result["off_topic"]["best_rerank_score"] if score is not None]
+    return [{"threshold": t, "on_topic_kept": float(np.mean([x >= t for x in on])),
+             "off_topic_refused": float(np.mean([x < t for x in off]))} for t in thresholds]
+
+
 # --- verdicts and report ----------------------------------------------------------------------------------------
 
 def verdicts(name: str, result: dict) -> list[dict]:
@@ -294,13 +321,29 @@ def print_differences_and_verdicts(results: dict[str, dict]) -> None:
             print(f"  {name:<10} {v['check']}{value}: {v['verdict']}")
 
 
+def print_calibration(results: dict[str, dict]) -> None:
+    calibrated = {name: r for name, r in results.items() if "off_topic" in r}
+    if not calibrated:
+        return
+    print(f"\nrelevance threshold (pipeline: {PipelineSettings().relevance_threshold:g}): on-topic queries answered "
+          "/ off-topic queries refused (their best reranked candidate below the threshold):")
+    for name, r in calibrated.items():
+        r["calibration"] = calibration(r)
+        off = [x for x in r["off_topic"]["best_rerank_score"] if x is not None]
+        print(f"  {name:<10} off-topic from {', '.join(r['off_topic']['from'])}: best score p50 "
+              f"{np.percentile(off, 50):.3f}, p95 {np.percentile(off, 95):.3f}, max {max(off):.3f}")
+        print("  " + " " * 10 + "".join(f"  {c['threshold']:.2f}: {c['on_topic_kept']:.2f}/{c['off_topic_refused']:.2f}"
+                                         for c in r["calibration"]))
+
+
 def print_costs(results: dict[str, dict], concurrency: int) -> None:
     print("\ncosts (this machine):")
     for name, r in results.items():
         i, t = r["index"], r["timing"]
         print(f"  {name:<10} indexing: {i['passages_per_s']:.1f} passages/s embedded over HTTP "
-              f"(other processes took {fmt(i['embed_other_cpu_pct'], '.0f')}% CPU), written in {i['write_s']:.1f} s; dense, lexical and "
-              f"hybrid for all queries {t['first_stage_s']:.1f} s; rerank pass {t['rerank_pass_s']:.0f} s "
+              f"(other processes took {fmt(i['embed_other_cpu_pct'], '.0f')}% CPU), written in {i['write_s']:.1f} s; "
+              f"dense, lexical and hybrid for all queries {t['first_stage_s']:.1f} s; "
+              f"rerank pass {t['rerank_pass_s']:.0f} s "
               f"({t['rerank_pairs_per_s']:.1f} pairs/s, p50 {t['rerank_ms_p50']:.0f} ms per query at "
               f"{concurrency} in flight, others {fmt(t['rerank_other_cpu_pct'], '.0f')}% CPU)")
 
@@ -315,6 +358,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rerank-candidates", type=int, default=None,
                    help="fused candidates the reranker scores (default: the pipeline's setting, 40)")
     p.add_argument("--concurrency", type=int, default=4, help="queries in flight")
+    p.add_argument("--off-topic", type=int, default=100,
+                   help="queries of the other sets asked of each set's collection, to calibrate the relevance "
+                        "threshold (0: none)")
     p.add_argument("--embed-profile", help="the embedding service's profile (default: the one it selects)")
     p.add_argument("--rerank-profile", help="the rerank service's profile (default: the one it selects)")
     p.add_argument("--cache", type=Path, default=default_cache_path(), help="exported-model cache of the services")
@@ -346,6 +392,8 @@ async def evaluate_all(args, settings: PipelineSettings, root: Path, pids: list[
                                             settings.relevance_threshold)
                 result["index"] = index
                 result["verdicts"] = verdicts(name, result)
+                if args.off_topic:
+                    result["off_topic"] = await off_topic_scores(name, args, collection, retriever, options)
                 results[name] = result
                 catalog.delete(name)
     finally:
@@ -379,13 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     print_differences_and_verdicts(results)
     print_costs(results, args.concurrency)
+    print_calibration(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"retrieval-quality-{stamp}.json"
     meta = {"timestamp": stamp, "sets": args.sets, "max_queries": args.max_queries, "depth": DEPTH,
             "relevance_threshold": PipelineSettings().relevance_threshold,
             "rerank_candidates": args.rerank_candidates or PipelineSettings().rerank_candidates,
-            "concurrency": args.concurrency, "profiles": profiles, "seed": SEED, "published": PUBLISHED, "hardware": hw.as_dict(),
-            "wall_s": time.perf_counter() - started}
+            "concurrency": args.concurrency, "profiles": profiles, "seed": SEED, "published": PUBLISHED,
+            "hardware": hw.as_dict(), "wall_s": time.perf_counter() - started}
     out.write_text(json.dumps({"meta": meta, "sets": results}, indent=1))
     print(f"\nresults: {out.relative_to(REPO)}  (wall {meta['wall_s']:.0f} s)")
     return 0

@@ -157,6 +157,53 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return rag_cli.ask(args.question, args.collection, url, headers, args.json)
 
 
+def cmd_policy(args: argparse.Namespace) -> int:
+    from nimrag import policy_cli
+
+    url, headers = _pipeline_client(args)
+    if args.admin_key:  # the admin key also opens what a normal key opens
+        headers = {"Authorization": f"Bearer {args.admin_key}"}
+    return policy_cli.run(args, url, headers)
+
+
+def _add_policy_parser(sub) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="pipeline URL (default: http://127.0.0.1:8081)")
+    common.add_argument("--admin-key", default=os.environ.get("NIMRAG_ADMIN_API_KEY"),
+                        help="the pipeline's admin API key, needed to change policies (default: $NIMRAG_ADMIN_API_KEY)")
+    policy = sub.add_parser("policy", help="guardrails policies: list, show, validate, apply, diff, rollback")
+    commands = policy.add_subparsers(dest="policy_command", required=True)
+
+    listing = commands.add_parser("list", parents=[common], help="the policies, with their current versions")
+    listing.add_argument("--json", action="store_true")
+    show = commands.add_parser("show", parents=[common], help="a policy's files (current version by default)")
+    show.add_argument("id")
+    show.add_argument("--version", type=int)
+    show.add_argument("--file", help="print only this file, as it is")
+    show.add_argument("--json", action="store_true")
+    history = commands.add_parser("history", parents=[common], help="a policy's versions, newest first")
+    history.add_argument("id")
+    validate = commands.add_parser("validate", parents=[common], help="check a policy folder (or one file) "
+                                   "without storing it; in-process when no pipeline answers")
+    validate.add_argument("path", metavar="FILE_OR_DIR")
+    apply = commands.add_parser("apply", parents=[common], help="store a policy folder as a new version "
+                                "(creating the policy if needed); applies without a restart")
+    apply.add_argument("path", metavar="DIR")
+    apply.add_argument("--id", required=True)
+    apply.add_argument("--comment", default="")
+    diff = commands.add_parser("diff", parents=[common], help="unified diff between two versions (default: the "
+                               "current one and the one before)")
+    diff.add_argument("id")
+    diff.add_argument("--from", dest="from_version", type=int)
+    diff.add_argument("--to", dest="to_version", type=int)
+    rollback = commands.add_parser("rollback", parents=[common], help="make a new version with an old version's "
+                                   "files")
+    rollback.add_argument("id")
+    rollback.add_argument("version", type=int)
+    rollback.add_argument("--comment", default="")
+    policy.set_defaults(func=cmd_policy)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nimrag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--url", help="pipeline URL (default: http://127.0.0.1:8081)")
     ask.add_argument("--json", action="store_true", help="print the answer, citations and timings as JSON")
     ask.set_defaults(func=cmd_ask)
+
+    _add_policy_parser(sub)
 
     profiles = sub.add_parser("profiles", help="optimization profiles")
     profiles_sub = profiles.add_subparsers(dest="profiles_command", required=True)

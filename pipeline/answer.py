@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 
+from guardrails.runtime import PolicyRuntime, Verdict
 from pipeline.clients import ServiceClients
 from pipeline.retrieval import (
     Hit,
@@ -50,6 +51,7 @@ class AnswerEvent:
     finish_reason: str | None = None
     usage: dict | None = None
     metrics: dict | None = None
+    guardrails: dict | None = None  # the policy's verdict (on "done")
 
 
 def source_block(number: int, hit: Hit) -> str:
@@ -68,33 +70,26 @@ class Answerer:
         self.retriever = retriever
 
     async def answer(self, collection, turns: list[dict], options: SearchOptions, max_tokens: int,
-                     temperature: float, top_p: float | None = None) -> AsyncIterator[AnswerEvent]:
+                     temperature: float, top_p: float | None = None, policy: PolicyRuntime | None = None,
+                     verdict: Verdict | None = None) -> AsyncIterator[AnswerEvent]:
         started = time.perf_counter()
         result = await self.retriever.search(collection, retrieval_query(turns), options)
         metrics = dict(result.timings_ms)
-        if not result.hits:
+        hits = result.hits
+        if policy and hits:
+            hits = [hits[i] for i in await policy.drop_injected([h.chunk.text for h in hits], verdict)]
+        if not hits:
             yield AnswerEvent("citations", citations=[])
             yield AnswerEvent("delta", text=NO_CONTEXT_ANSWER)
             metrics["total_ms"] = elapsed_ms(started)
-            yield AnswerEvent("done", finish_reason="stop", metrics=metrics,
+            yield AnswerEvent("done", finish_reason="stop", metrics=metrics, guardrails=_view(verdict),
                               usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
             return
-        messages, citations = await self.pack(turns, result.hits, max_tokens)
+        messages, citations = await self.pack(turns, hits, max_tokens)
         yield AnswerEvent("citations", citations=citations)
-        llm_started = time.perf_counter()
-        finish, usage = None, None
         params = {"max_tokens": max_tokens, "temperature": temperature, **({"top_p": top_p} if top_p else {})}
-        async for chunk in self.clients.chat_stream(messages, **params):
-            if chunk.usage:
-                usage = chunk.usage.model_dump(exclude_none=True)
-            for choice in chunk.choices:
-                if choice.delta.content:
-                    metrics.setdefault("llm_ttft_ms", elapsed_ms(llm_started))
-                    yield AnswerEvent("delta", text=choice.delta.content)
-                finish = choice.finish_reason or finish
-        metrics["llm_ms"] = elapsed_ms(llm_started)
-        metrics["total_ms"] = elapsed_ms(started)
-        yield AnswerEvent("done", finish_reason=finish or "stop", usage=usage, metrics=metrics)
+        async for event in generate(self.clients, messages, params, turns, started, metrics, policy, verdict):
+            yield event
 
     async def pack(self, turns: list[dict], hits: list[Hit], max_tokens: int) -> tuple[list[dict], list[Citation]]:
         """The messages for the LLM: system prompt with the sources that fit, then the conversation."""
@@ -117,3 +112,38 @@ class Answerer:
         system = SYSTEM_PROMPT + "\n\nSources:\n\n" + "\n\n".join(chosen)
         return [{"role": "system", "content": system}, *turns], citations
 
+
+
+def _view(verdict: Verdict | None) -> dict | None:
+    return verdict.as_dict() if verdict else None
+
+
+async def generate(clients: ServiceClients, messages: list[dict], params: dict, turns: list[dict], started: float,
+                   metrics: dict, policy: PolicyRuntime | None, verdict: Verdict | None
+                   ) -> AsyncIterator[AnswerEvent]:
+    """The LLM's answer as events, through the policy's output rails when there is one; a blocked answer ends
+    with the policy's refusal and ``content_filter``, as OpenAI ends filtered answers."""
+    llm_started = time.perf_counter()
+    outcome: dict = {}
+
+    async def pieces() -> AsyncIterator[str]:
+        async for chunk in clients.chat_stream(messages, **params):
+            if chunk.usage:
+                outcome["usage"] = chunk.usage.model_dump(exclude_none=True)
+            for choice in chunk.choices:
+                outcome["finish"] = choice.finish_reason or outcome.get("finish")
+                if choice.delta.content:
+                    yield choice.delta.content
+
+    stream = policy.guard_output(turns, pieces(), verdict) if policy else pieces()
+    async for text in stream:
+        metrics.setdefault("llm_ttft_ms", elapsed_ms(llm_started))
+        yield AnswerEvent("delta", text=text)
+    finish = outcome.get("finish") or "stop"
+    if verdict and verdict.blocked_by:
+        yield AnswerEvent("delta", text=("\n\n" if "llm_ttft_ms" in metrics else "") + verdict.refusal)
+        finish = "content_filter"
+    metrics["llm_ms"] = elapsed_ms(llm_started)
+    metrics["total_ms"] = elapsed_ms(started)
+    yield AnswerEvent("done", finish_reason=finish, usage=outcome.get("usage"), metrics=metrics,
+                      guardrails=_view(verdict))

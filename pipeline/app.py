@@ -7,6 +7,9 @@ import logging
 
 from fastapi import FastAPI
 
+from guardrails.service import PolicyService
+from pipeline.policy_router import install_policy_error_handler
+from pipeline.policy_router import router as policy_router
 from pipeline.router import router
 from pipeline.service import PipelineService
 from pipeline.settings import PipelineSettings
@@ -15,6 +18,13 @@ from services.common.errors import install_error_handlers
 from services.common.metrics import ServiceMetrics
 from services.common.middleware import RequestContextMiddleware
 from services.common.tracing import make_tracer
+
+
+def accepted_keys(settings: PipelineSettings) -> list[str]:
+    """The admin key opens every endpoint a normal key opens (one Bearer header carries one key). With no normal
+    keys set the API stays open, and the admin key only gates policy changes."""
+    keys = settings.api_key_list
+    return [*keys, settings.admin_api_key] if keys and settings.admin_api_key else keys
 
 
 def create_app(settings: PipelineSettings | None = None) -> FastAPI:
@@ -33,10 +43,14 @@ def create_app(settings: PipelineSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.service = service
     app.state.metrics = metrics
+    app.state.policies = PolicyService(service.policy_store, service.guardrails_endpoints,
+                                       settings.guardrails_allow_python, settings.guardrails_max_policy_bytes)
     app.state.logger = logging.getLogger("nimrag.pipeline")
     install_error_handlers(app)
     app.include_router(probe_router())  # ready once up: the pipeline loads no model
     app.include_router(router)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, api_keys=settings.api_key_list,
+    app.include_router(policy_router)
+    install_policy_error_handler(app)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, api_keys=accepted_keys(settings),
                        max_body_bytes=settings.max_body_bytes, tracer=make_tracer("pipeline"))
     return app

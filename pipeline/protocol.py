@@ -42,6 +42,15 @@ class Message(BaseModel):
     content: str = Field(..., max_length=65536)
 
 
+class GuardrailsOptions(BaseModel):
+    """Which guardrails policy answers (``config_id``, as NeMo Guardrails' server names it), or none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config_id: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    enabled: bool = True
+
+
 class GenerateRequest(RetrievalKnobs):
     messages: list[Message] = Field(..., min_length=1, max_length=64)
     use_knowledge_base: bool = True
@@ -50,6 +59,7 @@ class GenerateRequest(RetrievalKnobs):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     model: str | None = None
+    guardrails: GuardrailsOptions = Field(default_factory=GuardrailsOptions)
 
     @field_validator("messages")
     @classmethod

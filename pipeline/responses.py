@@ -32,7 +32,8 @@ class AnswerShape:
                 elif event.kind == "delta":
                     yield _sse(self._chunk({"content": event.text}))
                 else:
-                    yield _sse(self._chunk({}, event.finish_reason, usage=event.usage, metrics=event.metrics))
+                    yield _sse(self._chunk({}, event.finish_reason, usage=event.usage, metrics=event.metrics,
+                                           guardrails=event.guardrails))
         except APIError as exc:  # headers are gone: report in-band
             yield _sse({"error": {"message": exc.message, "type": exc.error_type, "code": exc.code}})
         yield b"data: [DONE]\n\n"
@@ -50,7 +51,8 @@ class AnswerShape:
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
                          "finish_reason": final.finish_reason or "stop"}],
-            "usage": final.usage, "citations": _citations(citations), "metrics": final.metrics})
+            "usage": final.usage, "citations": _citations(citations), "metrics": final.metrics,
+            "guardrails": final.guardrails})
 
 
 def _citations(citations) -> dict:

@@ -6,12 +6,15 @@ import asyncio
 import time
 import uuid
 
-from pipeline.answer import Answerer, AnswerEvent
+from guardrails.runtime import Endpoints, Guardrails, PolicyError, PolicyRuntime, Verdict
+from guardrails.service import api_errors
+from guardrails.store import PolicyStore
+from pipeline.answer import SYSTEM_PROMPT, Answerer, AnswerEvent, generate
 from pipeline.chunking import Chunker
-from pipeline.clients import ServiceClients
+from pipeline.clients import DependencyError, ServiceClients
 from pipeline.ingest import FileReport, IngestItem, Ingestor
 from pipeline.metrics import PipelineMetrics
-from pipeline.protocol import GenerateRequest, RetrievalKnobs
+from pipeline.protocol import GenerateRequest, GuardrailsOptions, RetrievalKnobs
 from pipeline.retrieval import Retriever, SearchOptions
 from pipeline.settings import PipelineSettings
 from pipeline.store import (
@@ -45,6 +48,10 @@ class PipelineService:
         self.retriever = Retriever(self.clients)
         self.answerer = Answerer(self.clients, self.retriever)
         self.ingestor = Ingestor(self.clients, settings)
+        self.policy_store = PolicyStore(settings.data_path / "guardrails")
+        self.guardrails = Guardrails(self.policy_store, self.guardrails_endpoints,
+                                     lambda texts: self.clients.embed(texts, "query"), protected_texts=[SYSTEM_PROMPT],
+                                     allow_python=settings.guardrails_allow_python)
         self.tasks = TaskStore(settings.data_path / "tasks.sqlite")
         self._background: set[asyncio.Task] = set()
 
@@ -159,16 +166,40 @@ class PipelineService:
             for h in result.hits]}
 
     async def answer(self, request: GenerateRequest):
-        """Answer events for a request: with the knowledge base, or the LLM alone when it is turned off."""
+        """Answer events for a request: with the knowledge base, or the LLM alone when it is turned off; through
+        the request's guardrails policy unless turned off."""
         turns = [m.model_dump() for m in request.messages]
         max_tokens = request.max_tokens or self.settings.max_tokens
         temperature = self.settings.temperature if request.temperature is None else request.temperature
-        if not request.use_knowledge_base:
-            return self._plain_answer(turns, max_tokens, temperature, request.top_p)
-        collection = await self.collection(request.collection_name)
+        collection = await self.collection(request.collection_name) if request.use_knowledge_base else None
+        policy = await self.policy_for(request.guardrails)
+        verdict = policy.verdict() if policy else None
+        if policy:
+            await policy.check_input(turns[-1]["content"], verdict)
+            if verdict.blocked_by:
+                return self._observed(refusal(verdict))
+        if collection is None:
+            params = {"max_tokens": max_tokens, "temperature": temperature,
+                      **({"top_p": request.top_p} if request.top_p else {})}
+            return self._observed(self._plain_answer(turns, params, policy, verdict))
         events = self.answerer.answer(collection, turns, self.search_options(request), max_tokens, temperature,
-                                      request.top_p)
+                                      request.top_p, policy, verdict)
         return self._observed(events)
+
+    async def policy_for(self, options: GuardrailsOptions) -> PolicyRuntime | None:
+        if not (self.settings.guardrails_enabled and options.enabled):
+            return None
+        policy_id = options.config_id or self.settings.guardrails_default_policy
+        with api_errors():
+            try:
+                return await self.guardrails.policy(policy_id)
+            except PolicyError as exc:  # stored before a platform change made it invalid: say so, do not 500
+                raise DependencyError("guardrails", f"policy '{policy_id}' cannot run: {exc}") from None
+
+    async def guardrails_endpoints(self) -> Endpoints:
+        s = self.settings
+        return Endpoints(llm_url=s.llm_url, llm_model=await self.clients.model("llm"), embed_url=s.embed_url,
+                         embed_model=await self.clients.model("embed"), api_key=s.service_api_key)
 
     async def _observed(self, events):
         cited = 0
@@ -177,16 +208,20 @@ class PipelineService:
                 cited = len(event.citations)
             elif event.kind == "done":
                 self.metrics.observe_answer(event.metrics or {}, cited)
+                if event.guardrails:
+                    self.metrics.observe_guardrails(event.guardrails)
             yield event
 
-    async def _plain_answer(self, turns, max_tokens, temperature, top_p):
+    async def _plain_answer(self, turns, params, policy, verdict):
         yield AnswerEvent("citations", citations=[])
-        usage, finish = None, None
-        params = {"max_tokens": max_tokens, "temperature": temperature, **({"top_p": top_p} if top_p else {})}
-        async for chunk in self.clients.chat_stream(turns, **params):
-            usage = chunk.usage.model_dump(exclude_none=True) if chunk.usage else usage
-            for choice in chunk.choices:
-                if choice.delta.content:
-                    yield AnswerEvent("delta", text=choice.delta.content)
-                finish = choice.finish_reason or finish
-        yield AnswerEvent("done", finish_reason=finish or "stop", usage=usage, metrics={})
+        async for event in generate(self.clients, turns, params, turns, time.perf_counter(), {}, policy, verdict):
+            yield event
+
+
+async def refusal(verdict: Verdict):
+    """The answer of a request an input rail blocked: the policy's refusal, no LLM call."""
+    yield AnswerEvent("citations", citations=[])
+    yield AnswerEvent("delta", text=verdict.refusal or "")
+    yield AnswerEvent("done", finish_reason="content_filter", metrics=dict(verdict.timings_ms),
+                      usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                      guardrails=verdict.as_dict())

@@ -37,9 +37,17 @@ class PipelineSettings(ServiceSettings):
     relevance_threshold: float = Field(0.4, description="Below this reranker score a chunk is not relevant.")
     embed_batch_size: int = Field(64, ge=1, le=2048)
     embed_concurrency: int = Field(4, ge=1, le=64, description="Embedding requests in flight while ingesting.")
+    guardrails_enabled: bool = Field(True, description="Run a guardrails policy on every answer unless the "
+                                     "request turns it off.")
+    guardrails_default_policy: str = Field("default", description="The policy of requests that name none.")
     max_tokens: int = Field(512, ge=1, description="Answer length when the request does not say.")
     temperature: float = Field(0.2, ge=0, le=2)
     max_body_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest request (uploads) before 413.")
     max_files_per_upload: int = Field(100, ge=1)
     max_question_chars: int = Field(8192, ge=1)
     request_timeout_s: float = Field(300, gt=0)
+    # Guardrails policy editing (/v1/guardrails/configs): off until an admin key is set.
+    admin_api_key: str = Field("", description="Bearer key that may change guardrails policies; empty: no editing.")
+    guardrails_allow_python: bool = Field(False, description="Accept uploaded policies carrying Python code "
+                                          "(actions.py, config.py): the pipeline runs it.")
+    guardrails_max_policy_bytes: int = Field(1024 * 1024, ge=1024, description="Largest policy (all its files).")

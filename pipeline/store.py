@@ -38,6 +38,7 @@ import faiss
 import numpy as np
 
 from pipeline.documents import Chunk, ParsedDocument
+from services.common.files import fsync_dir, write_atomically
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -57,7 +58,7 @@ STALE_STAGING_S = 3600  # a staging folder this old belongs to a create that die
 BUSY_TIMEOUT_S = 30.0
 
 HNSW_NEIGHBOURS = 32
-HNSW_EF_SEARCH = 64
+HNSW_EF_SEARCH = 256  # candidates kept while searching: 100 (vdb_top_k) found only 0.81 of the exact top 100
 HNSW_MAX_EF_SEARCH = 4096  # the most a filtered search widens to
 HNSW_TOMBSTONE_RATIO = 0.2  # rebuild an HNSW graph once this share of its vectors belongs to deleted chunks
 IVF_MIN_VECTORS = 1000  # below this an "ivf" collection searches exactly: too few vectors to train lists
@@ -65,6 +66,10 @@ IVF_POINTS_PER_LIST = 39  # faiss warns when k-means gets fewer training points 
 IVF_MIN_PROBES = 16
 REMOVAL_LOG_GENERATIONS = 1000  # how many generations back another process can catch up incrementally
 MAX_QUERY_TERMS = 64
+# Lucene's English stop words, which Anserini's BM25 drops too: they weigh next to nothing in BM25, yet each
+# matches most chunks, and FTS5 ranks every chunk a query matches (at 100k chunks, hundreds of milliseconds).
+STOPWORDS = frozenset("a an and are as at be but by for if in into is it no not of on or such that the their then "
+                      "there these they this to was will with".split())
 EXACT_FILTER_MAX = 4096  # a source filter down to this many chunks is searched exactly, whatever the index
 
 
@@ -195,11 +200,13 @@ def dumps(value: object) -> str:
 
 
 def fts_query(text: str) -> str | None:
-    """An FTS5 query matching any of the words of ``text``: each word quoted, so no user text is syntax."""
-    words = dict.fromkeys(word.lower() for word in re.findall(r"\w+", text or ""))
+    """An FTS5 query matching any of the words of ``text`` but stop words (unless it has nothing else): each
+    word quoted, so no user text is syntax."""
+    words = list(dict.fromkeys(word.lower() for word in re.findall(r"\w+", text or "")))
     if not words:
         return None
-    return " OR ".join(f'"{word}"' for word in list(words)[:MAX_QUERY_TERMS])
+    words = [word for word in words if word not in STOPWORDS] or words
+    return " OR ".join(f'"{word}"' for word in words[:MAX_QUERY_TERMS])
 
 
 def ivf_list_count(vectors: int) -> int:
@@ -208,28 +215,6 @@ def ivf_list_count(vectors: int) -> int:
 
 def ivf_probes(lists: int) -> int:
     return min(lists, max(IVF_MIN_PROBES, lists // 4))
-
-
-def fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def write_atomically(path: Path, data: bytes | memoryview | np.ndarray) -> None:
-    """Readers see the old file or the new one, never a torn one, even if this process dies midway."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    fsync_dir(path.parent)
 
 
 def remove_stale_temporaries(folder: Path) -> None:
@@ -1059,12 +1044,15 @@ class Collection:
         sources = [sources] if isinstance(sources, str) else sources
         if match is None or k <= 0 or (sources is not None and not sources):
             return []
-        sql = ("SELECT chunks.id, bm25(chunks_fts) FROM chunks_fts JOIN chunks ON chunks.id = chunks_fts.rowid "
-               "WHERE chunks_fts MATCH ?")
+        # The FTS index's rowids are chunk ids (triggers keep it in step): join the chunks only to filter.
+        sql = "SELECT chunks_fts.rowid, bm25(chunks_fts) FROM chunks_fts"
         parameters: list = [match]
         if sources is not None:
-            sql += " AND chunks.source IN (SELECT value FROM json_each(?))"
+            sql += (" JOIN chunks ON chunks.id = chunks_fts.rowid WHERE chunks_fts MATCH ? AND chunks.source IN "
+                    "(SELECT value FROM json_each(?))")
             parameters.append(json.dumps(list(sources)))
+        else:
+            sql += " WHERE chunks_fts MATCH ?"
         sql += " ORDER BY bm25(chunks_fts) LIMIT ?"
         with self._reading() as connection:
             rows = connection.execute(sql, (*parameters, k)).fetchall()

@@ -46,3 +46,5 @@ def configure_logging(level: str = "INFO", json_logs: bool = True) -> None:
     # HTTP clients log every call at INFO; the services they call log them already, with the same request id.
     for name in ("httpx", "httpx2", "httpcore"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    # NeMo Guardrails logs every event of every rail at INFO: our verdict (response and metrics) says what acted.
+    logging.getLogger("nemoguardrails").setLevel(max(logging.WARNING, root.level))

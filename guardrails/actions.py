@@ -1,0 +1,126 @@
+"""nimrag's rail actions, registered into every policy's NeMo Guardrails runtime (flows in library/nimrag.co).
+
+They read NeMo's context (``user_message``, ``bot_message``) and answer with a ``RailOutcome``, as NeMo's own
+rails do, so the same action serves a whole message and the chunks of a streamed answer (NeMo passes the
+streamed case more keywords, which they ignore).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Literal
+
+import numpy as np
+from nemoguardrails.actions.rail_outcome import RailOutcome
+from pydantic import BaseModel, ConfigDict, Field
+
+from guardrails.detectors import ATTACK_EXAMPLES, Embed, injection_patterns_in
+
+OUTPUT_PATTERNS = ("persona takeover", "developer mode", "chat template tokens")  # signs the answer was hijacked
+PROTECTED_WORDS = 8  # this many consecutive words of a protected text in an answer count as a leak
+EMBED_CACHE = 256
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JailbreakSettings(_Strict):
+    similarity_threshold: float = Field(0.6, gt=0, le=1)
+
+
+class TopicSettings(_Strict):
+    allowed: list[str] = Field(default_factory=list, max_length=500)
+    allowed_threshold: float = Field(0.3, gt=-1, le=1)
+    blocked: list[str] = Field(default_factory=list, max_length=500)
+    blocked_threshold: float = Field(0.6, gt=-1, le=1)
+
+
+class RetrievalSettings(_Strict):
+    drop_injected_chunks: bool = True
+
+
+class PolicySettings(_Strict):
+    """The ``nimrag:`` section of a policy's config.yml."""
+
+    jailbreak: JailbreakSettings = Field(default_factory=JailbreakSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    mask_sensitive_data: list[Literal["email", "phone", "card_number"]] = Field(default_factory=list)
+
+
+def word_windows(text: str, size: int) -> set[str]:
+    words = text.lower().split()
+    return {" ".join(words[i:i + size]) for i in range(max(0, len(words) - size + 1))}
+
+
+class RailActions:
+    """The checks of one policy. ``embed`` is the platform's embedding service (None when a policy is only being
+    validated: nothing runs then)."""
+
+    def __init__(self, settings: PolicySettings, embed: Embed | None, protected_texts: list[str]):
+        self.settings = settings
+        self._embed = embed
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._examples: dict[str, np.ndarray] = {}
+        self._protected = set().union(*(word_windows(t, PROTECTED_WORDS) for t in protected_texts))
+
+    def register(self, rails) -> None:
+        rails.register_action(self.check_jailbreak, name="nimrag_check_jailbreak")
+        rails.register_action(self.check_topic, name="nimrag_check_topic")
+        rails.register_action(self.check_output, name="nimrag_check_output")
+
+    async def check_jailbreak(self, context: dict | None = None, **_) -> RailOutcome:
+        text = (context or {}).get("user_message") or ""
+        return await self.jailbreak_outcome(text)
+
+    async def jailbreak_outcome(self, text: str) -> RailOutcome:
+        """Also used on retrieved chunks: a document can carry an injection as well as a user."""
+        found = injection_patterns_in(text)
+        if found:
+            return RailOutcome.block(reason=f"matches the '{found[0]}' pattern")
+        score = await self.similarity(text, "attacks", ATTACK_EXAMPLES)
+        if score >= self.settings.jailbreak.similarity_threshold:
+            return RailOutcome.block(reason=f"close to a known attack (similarity {score:.2f})")
+        return RailOutcome.allow()
+
+    async def check_topic(self, context: dict | None = None, **_) -> RailOutcome:
+        text = (context or {}).get("user_message") or ""
+        topics = self.settings.topics
+        if topics.blocked:
+            score = await self.similarity(text, "blocked", topics.blocked)
+            if score >= topics.blocked_threshold:
+                return RailOutcome.block(reason=f"a blocked topic (similarity {score:.2f})")
+        if topics.allowed:
+            score = await self.similarity(text, "allowed", topics.allowed)
+            if score < topics.allowed_threshold:
+                return RailOutcome.block(reason=f"outside the allowed topics (best similarity {score:.2f})")
+        return RailOutcome.allow()
+
+    async def check_output(self, context: dict | None = None, **_) -> RailOutcome:
+        text = (context or {}).get("bot_message") or ""
+        hijacked = [name for name in injection_patterns_in(text) if name in OUTPUT_PATTERNS]
+        if hijacked:
+            return RailOutcome.block(reason=f"the answer shows '{hijacked[0]}'")
+        if self._protected & word_windows(text, PROTECTED_WORDS):
+            return RailOutcome.block(reason="the answer repeats the assistant's instructions")
+        return RailOutcome.allow()
+
+    async def similarity(self, text: str, group: str, examples: list[str]) -> float:
+        """The best cosine similarity of ``text`` to ``examples`` (embedded once per group)."""
+        if group not in self._examples:
+            self._examples[group] = await self._vectors(examples)
+        return float(np.max(self._examples[group] @ await self._vector(text)))
+
+    async def _vector(self, text: str) -> np.ndarray:
+        # The input rails ask for the same message twice (attacks, then topics): embed it once.
+        if text not in self._cache:
+            self._cache[text] = (await self._vectors([text]))[0]
+            while len(self._cache) > EMBED_CACHE:
+                self._cache.popitem(last=False)
+        return self._cache[text]
+
+    async def _vectors(self, texts: list[str]) -> np.ndarray:
+        if self._embed is None:
+            raise RuntimeError("this policy was built for validation only: it has no embedding service")
+        return await self._embed(texts)
