@@ -55,7 +55,9 @@ def summary(answers: list[Answer]) -> dict:
             "ttft_p50_ms": percentile([a.client_ttft_ms for a in good if a.client_ttft_ms is not None], 50),
             "llm_ms_p50": percentile([a.metrics["llm_ms"] for a in good if "llm_ms" in a.metrics], 50),
             "tokens_mean": (sum(a.completion_tokens or 0 for a in good) / len(good)) if good else None,
-            "input_rails_p50_ms": stage("input_rails_ms"), "retrieval_rails_p50_ms": stage("retrieval_rails_ms")}
+            "input_rails_p50_ms": stage("input_rails_ms"), "retrieval_rails_p50_ms": stage("retrieval_rails_ms"),
+            "rail_p50_ms": {name: percentile([r["rail_ms"][name] for r in rails if name in r["rail_ms"]], 50)
+                            for name in sorted({n for r in rails for n in r["rail_ms"]})}}
 
 
 def on_off(sides: dict, key: str) -> float:
@@ -108,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{fmt(r['ttft_p50_ms'], '.0f'):>8} {fmt(r['llm_ms_p50'], '.0f'):>8} "
                   f"{fmt(r['tokens_mean'], '.0f'):>6} "
                   f"{fmt(r['input_rails_p50_ms'], '.1f'):>11} {fmt(r['retrieval_rails_p50_ms'], '.1f'):>14}")
-        print(f"{users:>5} on/off: total {on_off(sides, 'total_p50_ms'):.3f}, TTFT {on_off(sides, 'ttft_p50_ms'):.3f}")
+        print(f"{users:>5} on/off: total {on_off(sides, 'total_p50_ms'):.3f}, TTFT {on_off(sides, 'ttft_p50_ms'):.3f}; "
+              "time in each rail's checks per answer, p50 ms: " + ", ".join(
+                  f"{name} {fmt(ms, '.1f')}" for name, ms in sides["on"]["rail_p50_ms"].items()))
     print("input rails: jailbreak patterns + similarity to known attacks + blocked topics (one embedding of the "
           "question); retrieval rail: injection patterns and similarity on each retrieved chunk; output rails: "
           "checked every chunk_size tokens before sending (in TTFT and total)")

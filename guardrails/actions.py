@@ -7,7 +7,10 @@ streamed case more keywords, which they ignore).
 
 from __future__ import annotations
 
+import functools
+import time
 from collections import OrderedDict
+from contextvars import ContextVar
 from typing import Literal
 
 import numpy as np
@@ -19,6 +22,24 @@ from guardrails.detectors import ATTACK_EXAMPLES, Embed, injection_patterns_in
 OUTPUT_PATTERNS = ("persona takeover", "developer mode", "chat template tokens")  # signs the answer was hijacked
 PROTECTED_WORDS = 8  # this many consecutive words of a protected text in an answer count as a leak
 EMBED_CACHE = 256
+# The answer being guarded collects here what each rail's action took (milliseconds, summed over a stream's
+# chunks); NeMo runs the actions inside the answer's own task, so they see the answer's dict.
+RAIL_MS: ContextVar[dict[str, float] | None] = ContextVar("nimrag_rail_ms", default=None)
+
+
+def timed(rail: str):
+    def wrap(action):
+        @functools.wraps(action)
+        async def run(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return await action(*args, **kwargs)
+            finally:
+                spent = RAIL_MS.get()
+                if spent is not None:
+                    spent[rail] = round(spent.get(rail, 0.0) + (time.perf_counter() - started) * 1000, 2)
+        return run
+    return wrap
 
 
 class _Strict(BaseModel):
@@ -70,20 +91,23 @@ class RailActions:
         rails.register_action(self.check_topic, name="nimrag_check_topic")
         rails.register_action(self.check_output, name="nimrag_check_output")
 
+    @timed("nimrag check jailbreak")
     async def check_jailbreak(self, context: dict | None = None, **_) -> RailOutcome:
         text = (context or {}).get("user_message") or ""
         return await self.jailbreak_outcome(text)
 
-    async def jailbreak_outcome(self, text: str) -> RailOutcome:
-        """Also used on retrieved chunks: a document can carry an injection as well as a user."""
+    async def jailbreak_outcome(self, text: str, vector: np.ndarray | None = None) -> RailOutcome:
+        """Also used on retrieved chunks (a document can carry an injection as well as a user), with the vector
+        the collection stored for them: no embedding call."""
         found = injection_patterns_in(text)
         if found:
             return RailOutcome.block(reason=f"matches the '{found[0]}' pattern")
-        score = await self.similarity(text, "attacks", ATTACK_EXAMPLES)
+        score = await self.similarity(text, "attacks", ATTACK_EXAMPLES, vector)
         if score >= self.settings.jailbreak.similarity_threshold:
             return RailOutcome.block(reason=f"close to a known attack (similarity {score:.2f})")
         return RailOutcome.allow()
 
+    @timed("nimrag check topic")
     async def check_topic(self, context: dict | None = None, **_) -> RailOutcome:
         text = (context or {}).get("user_message") or ""
         topics = self.settings.topics
@@ -97,6 +121,7 @@ class RailActions:
                 return RailOutcome.block(reason=f"outside the allowed topics (best similarity {score:.2f})")
         return RailOutcome.allow()
 
+    @timed("nimrag check output")
     async def check_output(self, context: dict | None = None, **_) -> RailOutcome:
         text = (context or {}).get("bot_message") or ""
         hijacked = [name for name in injection_patterns_in(text) if name in OUTPUT_PATTERNS]
@@ -106,11 +131,13 @@ class RailActions:
             return RailOutcome.block(reason="the answer repeats the assistant's instructions")
         return RailOutcome.allow()
 
-    async def similarity(self, text: str, group: str, examples: list[str]) -> float:
-        """The best cosine similarity of ``text`` to ``examples`` (embedded once per group)."""
+    async def similarity(self, text: str, group: str, examples: list[str], vector: np.ndarray | None = None
+                         ) -> float:
+        """The best cosine similarity of ``text`` (or its ``vector``) to ``examples`` (embedded once per group)."""
         if group not in self._examples:
             self._examples[group] = await self._vectors(examples)
-        return float(np.max(self._examples[group] @ await self._vector(text)))
+        vector = await self._vector(text) if vector is None else vector
+        return float(np.max(self._examples[group] @ vector))
 
     async def _vector(self, text: str) -> np.ndarray:
         # The input rails ask for the same message twice (attacks, then topics): embed it once.

@@ -31,7 +31,7 @@ from nemoguardrails.rails.llm.config import Model  # noqa: E402
 from nemoguardrails.rails.llm.options import RailStatus, RailType  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from guardrails.actions import PolicySettings, RailActions  # noqa: E402
+from guardrails.actions import RAIL_MS, PolicySettings, RailActions  # noqa: E402
 from guardrails.detectors import Embed, StreamMasker  # noqa: E402
 
 if TYPE_CHECKING:
@@ -194,12 +194,13 @@ class Verdict:
     activated: list[str] = field(default_factory=list)
     masked: dict[str, int] = field(default_factory=dict)
     dropped_chunks: int = 0
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)  # per rail type (input, retrieval), wall time
+    rail_ms: dict[str, float] = field(default_factory=dict)  # per nimrag rail, time in its checks
 
     def as_dict(self) -> dict:
         return {"config_id": self.policy, "version": self.version, "blocked_by": self.blocked_by,
                 "activated_rails": self.activated, "masked": self.masked, "dropped_chunks": self.dropped_chunks,
-                "timings_ms": self.timings_ms}
+                "timings_ms": self.timings_ms, "rail_ms": self.rail_ms}
 
 
 def _ms(started: float) -> float:
@@ -215,7 +216,11 @@ class PolicyRuntime:
         self.rails, self.actions = loaded.rails, loaded.actions
 
     def verdict(self) -> Verdict:
-        return Verdict(self.policy_id, self.version)
+        """A new answer's verdict; the rails that run for this answer (in this task and those it starts) add
+        their time to it."""
+        verdict = Verdict(self.policy_id, self.version)
+        RAIL_MS.set(verdict.rail_ms)
+        return verdict
 
     async def check_input(self, question: str, verdict: Verdict) -> None:
         """The input rails on the user's question; a block fills ``verdict.blocked_by`` and its refusal."""
@@ -228,15 +233,17 @@ class PolicyRuntime:
         if result.status == RailStatus.BLOCKED:
             verdict.blocked_by, verdict.refusal = result.rail, result.content
 
-    async def drop_injected(self, texts: list[str], verdict: Verdict) -> list[int]:
-        """Indexes of the retrieved texts to keep: those carrying injected instructions are dropped."""
+    async def drop_injected(self, texts: list[str], vectors, verdict: Verdict) -> list[int]:
+        """Indexes of the retrieved texts to keep: those carrying injected instructions are dropped. ``vectors``
+        are the texts' stored embeddings."""
         if not self.settings.retrieval.drop_injected_chunks:
             return list(range(len(texts)))
         started = time.perf_counter()
-        outcomes = await asyncio.gather(*(self.actions.jailbreak_outcome(t) for t in texts))
+        outcomes = await asyncio.gather(*(self.actions.jailbreak_outcome(t, v) for t, v in zip(texts, vectors,
+                                                                                                 strict=True)))
         keep = [i for i, outcome in enumerate(outcomes) if not outcome.is_blocked]
         verdict.dropped_chunks = len(texts) - len(keep)
-        verdict.timings_ms["retrieval_rails_ms"] = _ms(started)
+        verdict.timings_ms["retrieval_rails_ms"] = verdict.rail_ms["nimrag drop injected chunks"] = _ms(started)
         verdict.activated.append("nimrag drop injected chunks")
         return keep
 

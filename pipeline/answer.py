@@ -77,7 +77,8 @@ class Answerer:
         metrics = dict(result.timings_ms)
         hits = result.hits
         if policy and hits:
-            hits = [hits[i] for i in await policy.drop_injected([h.chunk.text for h in hits], verdict)]
+            vectors = await asyncio.to_thread(collection.get_vectors, [h.chunk_id for h in hits])
+            hits = [hits[i] for i in await policy.drop_injected([h.chunk.text for h in hits], vectors, verdict)]
         if not hits:
             yield AnswerEvent("citations", citations=[])
             yield AnswerEvent("delta", text=NO_CONTEXT_ANSWER)

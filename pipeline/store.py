@@ -1058,6 +1058,20 @@ class Collection:
             rows = connection.execute(sql, (*parameters, k)).fetchall()
         return [(chunk_id, -rank) for chunk_id, rank in rows]
 
+    def get_vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors of these chunks, one row per id in the order given (zeros for an id not stored)."""
+        wanted = [int(chunk_id) for chunk_id in ids]
+        with self._reading() as connection:
+            rows = connection.execute("SELECT id, vector FROM chunks WHERE id IN (SELECT value FROM json_each(?))",
+                                      (json.dumps(wanted),))
+            found, vectors = ids_and_vectors(rows, self.dimension)
+        row_of = {int(chunk_id): row for row, chunk_id in enumerate(found)}
+        out = np.zeros((len(wanted), self.dimension), dtype=np.float32)
+        for position, chunk_id in enumerate(wanted):
+            if chunk_id in row_of:
+                out[position] = vectors[row_of[chunk_id]]
+        return out
+
     def get_chunks(self, ids: Iterable[int]) -> list[StoredChunk]:
         """The chunks with these ids, in the order given (repeats dropped); ids no longer stored are skipped."""
         wanted = list(dict.fromkeys(int(chunk_id) for chunk_id in ids))

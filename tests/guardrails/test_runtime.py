@@ -73,6 +73,7 @@ def test_output_rails_pass_an_ordinary_answer_and_mask_addresses():
     assert text.strip() == "The warranty lasts two years; write to [EMAIL] for a repair."
     assert verdict.blocked_by is None and verdict.masked == {"email": 1}
     assert "nimrag mask sensitive data" in verdict.activated
+    assert verdict.rail_ms["nimrag check output"] > 0  # each rail's time reaches the answer's verdict
 
 
 @pytest.mark.parametrize("answer", [

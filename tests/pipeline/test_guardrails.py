@@ -11,6 +11,7 @@ from collections import defaultdict
 import httpx
 import pytest
 
+from guardrails.runtime import DEFAULT_POLICY_DIR
 from tests.pipeline.conftest import ADMIN_KEY, pipeline_url
 from tests.pipeline.test_api import upload
 
@@ -86,6 +87,8 @@ def test_attacks_are_blocked_and_benign_questions_answered(url, figures, categor
         assert answer["usage"]["completion_tokens"] == 0 and not answer["citations"]["results"]
     else:
         assert answer["citations"]["results"], answer
+        assert {"nimrag check jailbreak", "nimrag check topic", "nimrag drop injected chunks",
+                "nimrag check output"} <= set(rails["rail_ms"]), rails
 
 
 def test_a_blocked_answer_streams_the_refusal_and_which_rail(url):
@@ -193,3 +196,23 @@ def test_an_edited_policy_applies_to_the_next_answer_and_a_rollback_too(url):
     assert rolled.status_code == 200, rolled.text
     again = ask(url, question, **guarded)["guardrails"]
     assert (again["version"], again["blocked_by"]) == (first + 2, "nimrag check topic")
+
+
+def test_nemo_self_check_input_runs_on_our_llm_service(url, figures):
+    """NeMo's own LLM-judged rail, with the default policy's prompt, asks the platform's LLM service. The bundled
+    135M model is no reliable judge (the README says so): this checks the wiring and reports what it decided."""
+    prompts = (DEFAULT_POLICY_DIR / "prompts.yml").read_text()
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    httpx.delete(url + "/v1/guardrails/configs/self-check", headers=headers)
+    created = httpx.post(url + "/v1/guardrails/configs", headers=headers, timeout=60, json={
+        "id": "self-check", "files": {"config.yml": "rails:\n  input:\n    flows: [self check input]\n",
+                                      "prompts.yml": prompts}})
+    assert created.status_code == 201, created.text
+    decided = {}
+    for category, question, _ in (TABLE[0], TABLE[-1]):
+        answer = ask(url, question, guardrails={"config_id": "self-check"})
+        assert "self check input" in answer["guardrails"]["activated_rails"]
+        assert answer["guardrails"]["blocked_by"] in (None, "self check input")
+        decided[category] = "blocked" if answer["guardrails"]["blocked_by"] else "answered"
+    figures["self check input (135M judge)"] = {"blocked": list(decided.values()).count("blocked"),
+                                                 "answered": list(decided.values()).count("answered")}

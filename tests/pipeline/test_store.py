@@ -352,6 +352,24 @@ def test_hnsw_filters_deleted_vectors_then_rebuilds(catalog: Catalog) -> None:
     assert_consistent(collection)
 
 
+def test_stored_vectors_come_back_in_the_order_asked(catalog: Catalog) -> None:
+    collection = catalog.create("docs", DIM)
+    vectors = unit_vectors(np.random.default_rng(5), 2)
+    result = collection.upsert_document(*document("a.md", ["one", "two"], vectors))
+    got = collection.get_vectors([result.chunk_ids[1], 999_999, result.chunk_ids[0]])
+    np.testing.assert_array_equal(got, np.stack([vectors[1], np.zeros(DIM, np.float32), vectors[0]]))
+
+
+def test_lexical_search_leaves_out_stop_words(catalog: Catalog) -> None:
+    collection = catalog.create("docs", DIM)
+    texts = ["The kettle is on the table.", "It is what it is, and that is that.", "A kettle boils water."]
+    result = collection.upsert_document(*document("k.md", texts, unit_vectors(np.random.default_rng(13), 3)))
+    assert {i for i, _ in collection.lexical_search("is that the kettle", 10)} == {result.chunk_ids[0],
+                                                                                  result.chunk_ids[2]}
+    # A query of stop words only still searches with them.
+    assert collection.lexical_search("it is that", 10)[0][0] == result.chunk_ids[1]
+
+
 def test_lexical_search_ranks_matching_chunk_first(catalog: Catalog) -> None:
     collection = catalog.create("docs", DIM)
     texts = ["Solar panels convert sunlight into electricity with good efficiency.",
