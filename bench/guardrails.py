@@ -2,12 +2,15 @@
 
 The whole platform runs as ``nimrag up`` starts it (free ports, a temporary data folder); SciFact abstracts are
 ingested (as ``bench.pipeline`` does) and SciFact claims about them asked through ``POST /v1/generate``
-(streaming), each user asking its questions back to back, every request a claim not asked before: llama.cpp
-reuses the prompt of an earlier request with the same start, and a repeated question would be cheaper for
-whichever side asked it second. The two sides alternate round by round (off first, then on first), so that load
-from other processes weighs on both alike. Per answer the pipeline reports what the policy took
-(``guardrails.timings_ms``: input rails, retrieval rail); the output rails run on the answer's stream, checking
-each ``chunk_size`` tokens before sending them, so their cost shows in the time to the first token and the total.
+(streaming), each user asking its questions back to back. Both sides answer the same questions, round by round:
+in each round one side asks a new set of questions, then the other side asks the same ones, the first side
+alternating between rounds. llama.cpp reuses the prompt of an earlier request with the same start, so the side
+asking second in a round prefills less: alternating gives each side that advantage equally, and each question's
+pair of answers gives a paired on/off ratio, which differences between questions do not disturb.
+
+Per answer the pipeline reports what the policy took: ``guardrails.rail_ms``, the time in each rail's checks,
+and ``timings_ms`` per rail type. The output rails run on the answer's stream and check each ``chunk_size``
+tokens before sending them, so holding those tokens back shows in the time to the first token.
 
     python -m bench.guardrails               # 2 rounds x 3 questions per user and side, about 10 minutes here
     python -m bench.guardrails --quick       # 1 round x 1
@@ -24,6 +27,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from bench.common import REPO, RESULTS, fmt, machine_line, run_main
 from bench.pipeline import Answer, Bench, ask, load_scifact, percentile, start_platform, upload, write_documents
@@ -32,7 +36,8 @@ from services.common.hardware import probe
 
 COLLECTION = "scifact"
 DOCS = 200
-SIDES = {"off": {"guardrails": {"enabled": False}}, "on": {}}  # "on": the pipeline's default policy
+# "on": the pipeline's default policy. Greedy decoding: both sides get the same answer to the same prompt.
+SIDES = {"off": {"guardrails": {"enabled": False}, "temperature": 0}, "on": {"temperature": 0}}
 
 
 async def level(url: str, users: int, questions: list[str], side: str, max_tokens: int) -> list[Answer]:
@@ -60,9 +65,13 @@ def summary(answers: list[Answer]) -> dict:
                             for name in sorted({n for r in rails for n in r["rail_ms"]})}}
 
 
-def on_off(sides: dict, key: str) -> float:
-    on, off = sides["on"][key], sides["off"][key]
-    return on / off if on and off else float("nan")
+def paired_ratio(answers: dict[str, list[Answer]], key: str) -> float:
+    """The geometric mean over questions of on / off (the same question, answered by each side). Whichever side
+    asks second in a round gets its prompt from llama.cpp's cache, 2-3x faster here; with the sides alternating,
+    that advantage appears as r and 1/r factors that cancel in a geometric mean (they do not in a median)."""
+    ratios = [getattr(on, key) / getattr(off, key) for on, off in zip(answers["on"], answers["off"], strict=True)
+              if getattr(on, key) and getattr(off, key)]
+    return float(np.exp(np.mean(np.log(ratios)))) if ratios else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             for users in (1, 4):
                 runs = results[str(users)] = {side: [] for side in SIDES}
                 for number in range(args.rounds):
-                    for side in (SIDES if number % 2 == 0 else reversed(list(SIDES))):
-                        asked = [next(questions) for _ in range(users * args.per_user)]
+                    asked = [next(questions) for _ in range(users * args.per_user)]
+                    for side in (list(SIDES) if number % 2 == 0 else list(reversed(SIDES))):
                         runs[side] += asyncio.run(level(bench.url, users, asked, side, args.max_tokens))
                 print(f"  {users} user(s): done", flush=True)
             bench.close()
@@ -110,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{fmt(r['ttft_p50_ms'], '.0f'):>8} {fmt(r['llm_ms_p50'], '.0f'):>8} "
                   f"{fmt(r['tokens_mean'], '.0f'):>6} "
                   f"{fmt(r['input_rails_p50_ms'], '.1f'):>11} {fmt(r['retrieval_rails_p50_ms'], '.1f'):>14}")
-        print(f"{users:>5} on/off: total {on_off(sides, 'total_p50_ms'):.3f}, TTFT {on_off(sides, 'ttft_p50_ms'):.3f}; "
+        answers = results[users]
+        total, ttft = paired_ratio(answers, "client_total_ms"), paired_ratio(answers, "client_ttft_ms")
+        print(f"{users:>5} on/off, geometric mean of paired ratios: total {total:.3f}, TTFT {ttft:.3f}; "
               "time in each rail's checks per answer, p50 ms: " + ", ".join(
                   f"{name} {fmt(ms, '.1f')}" for name, ms in sides["on"]["rail_p50_ms"].items()))
     print("input rails: jailbreak patterns + similarity to known attacks + blocked topics (one embedding of the "
