@@ -9,30 +9,25 @@ dropped) and masking of sensitive data in the streamed answer.
 
 from __future__ import annotations
 
-import os
+import asyncio
+import json
+import logging
+import re
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-# NeMo Guardrails reports usage to an online endpoint unless told not to; this platform runs offline.
-os.environ.setdefault("NEMO_GUARDRAILS_NO_USAGE_STATS", "1")
+import yaml
+from nemoguardrails import LLMRails, RailsConfig
+from nemoguardrails.rails.llm.config import Model
+from nemoguardrails.rails.llm.options import RailStatus, RailType
+from pydantic import ValidationError
 
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import re  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING  # noqa: E402
-
-import yaml  # noqa: E402
-from nemoguardrails import LLMRails, RailsConfig  # noqa: E402
-from nemoguardrails.rails.llm.config import Model  # noqa: E402
-from nemoguardrails.rails.llm.options import RailStatus, RailType  # noqa: E402
-from pydantic import ValidationError  # noqa: E402
-
-from guardrails.actions import RAIL_MS, PolicySettings, RailActions  # noqa: E402
-from guardrails.detectors import Embed, StreamMasker  # noqa: E402
+from guardrails.actions import RAIL_MS, PolicySettings, RailActions
+from guardrails.detectors import Embed, StreamMasker
 
 if TYPE_CHECKING:
     from guardrails.store import PolicyStore
