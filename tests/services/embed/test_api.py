@@ -30,8 +30,10 @@ def http(embed_service):
 
 
 def test_health_goes_from_503_to_200_during_start_up(embed_service):
+    # 503 while loading, then 200; a fast load can be ready before the first probe (see test_serving.py).
     statuses = embed_service.ready_statuses
-    assert statuses[0] == 503 and statuses[-1] == 200, statuses
+    assert statuses[-1] == 200 and set(statuses[:-1]) <= {503}, statuses
+    assert "model ready" in embed_service.wait_for_log("model ready")
 
 
 def test_openai_sdk_default_base64_matches_reference(client, reference_embeddings):

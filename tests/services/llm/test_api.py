@@ -23,8 +23,11 @@ def client(llm_service):
 
 
 def test_ready_only_after_warm_up(llm_service):
+    # Probes while loading answer 503, then 200 once warmed up. The 503 itself can be missed when the small model
+    # is ready before the first probe; tests/services/common/test_serving.py checks the gate without timing.
     statuses = llm_service.ready_statuses
-    assert statuses[0] == 503 and statuses[-1] == 200, statuses
+    assert statuses[-1] == 200 and set(statuses[:-1]) <= {503}, statuses
+    assert "model ready" in llm_service.wait_for_log("model ready")
 
 
 def test_models_lists_the_served_model(client):
