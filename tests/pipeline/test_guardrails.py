@@ -216,3 +216,19 @@ def test_nemo_self_check_input_runs_on_our_llm_service(url, figures):
         decided[category] = "blocked" if answer["guardrails"]["blocked_by"] else "answered"
     figures["self check input (135M judge)"] = {"blocked": list(decided.values()).count("blocked"),
                                                  "answered": list(decided.values()).count("answered")}
+
+
+@pytest.mark.parametrize("guardrails,status,code", [
+    ({"config_id": "no-such-policy"}, 404, "policy_not_found"),
+    ({"config_id": "../default"}, 422, None),
+    ({"config_id": "default", "mode": "strict"}, 422, None),
+    ("default", 422, None),
+], ids=["unknown policy", "bad policy id", "unknown option", "not an object"])
+def test_bad_guardrails_options_are_clear_4xx(url, guardrails, status, code):
+    response = httpx.post(url + "/v1/generate", timeout=60, json={
+        "messages": [{"role": "user", "content": "How long is the warranty?"}], "use_knowledge_base": False,
+        "stream": False, "guardrails": guardrails})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"} and error["message"]
+    assert code is None or error["code"] == code

@@ -214,3 +214,28 @@ def test_the_admin_key_opens_what_a_normal_key_opens():
     assert accepted_keys(PipelineSettings(api_keys="a,b", admin_api_key="admin")) == ["a", "b", "admin"]
     assert accepted_keys(PipelineSettings(api_keys="", admin_api_key="admin")) == []  # an open API stays open
     assert accepted_keys(PipelineSettings(api_keys="a")) == ["a"]
+
+
+@pytest.mark.parametrize("method,path,body,status,needle", [
+    ("post", "/{id}/rollback", {"version": 999}, 404, "999"),
+    ("get", "/{id}/diff?from_version=1&to_version=999", None, 404, "999"),
+    ("put", "/{id}", {"files": {"config.yml": "# " + "x" * (1024 * 1024)}}, 422, "bytes"),
+    ("put", "/{id}", {"files": {"../config.yml": "x: 1\n"}}, 422, "../config.yml"),
+    ("put", "/{id}", {"files": "config.yml"}, 422, "files"),
+    ("post", "/{id}/rollback", {"version": 0}, 422, "version"),
+], ids=["rollback to no version", "diff to no version", "policy too large", "file in a folder", "files not a map",
+        "version 0"])
+def test_more_bad_requests_are_clear_4xx(api, method, path, body, status, needle):
+    policy_id = new_id()
+    create(api, policy_id, V1)
+    kwargs = {"json": body} if body is not None else {}
+    response = api.request(method.upper(), API + path.format(id=policy_id), headers=ADMIN, **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert needle in error["message"] or needle == error.get("param"), error
+    assert api.get(f"{API}/{policy_id}").json()["version"] == 1  # nothing changed
+
+
+def test_malformed_json_is_a_400_not_a_500(api):
+    response = api.post(API + "/validate", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code in (400, 422) and "error" in response.json()
