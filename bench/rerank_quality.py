@@ -41,7 +41,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from pipeline.store import STOPWORDS  # Lucene's English stop set (Anserini's default analyzer drops these too)
+from pipeline.store import (
+    STOPWORDS,  # Lucene's English stop set (Anserini's default analyzer drops these too)
+)
 
 REPO = Path(__file__).resolve().parent.parent
 EVAL = REPO.parent / "shared" / "eval"
@@ -367,17 +369,27 @@ def print_costs(results: dict[str, dict]) -> None:
 
 # --- main -----------------------------------------------------------------------------------------------------
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.rerank_quality", description=__doc__.split("\n\n")[0])
+def add_set_arguments(p: argparse.ArgumentParser) -> None:
+    """``--sets`` and ``--max-queries``, as every benchmark on the eval sets takes them."""
     p.add_argument("--sets", default="scifact,cranfield,squad", help=f"comma-separated, of {', '.join(SET_FOLDERS)}")
     p.add_argument("--max-queries", type=int, default=1000,
                    help="per set; larger sets are sampled (seed 0). Only squad has more by default (10,570)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
-    args = p.parse_args(argv)
-    args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
-    unknown = [s for s in args.sets if s not in SET_FOLDERS]
+
+
+def parse_sets(p: argparse.ArgumentParser, text: str) -> list[str]:
+    sets = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in sets if s not in SET_FOLDERS]
     if unknown:
         p.error(f"unknown sets: {', '.join(unknown)}")
+    return sets
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.rerank_quality", description=__doc__.split("\n\n")[0])
+    add_set_arguments(p)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
+    args = p.parse_args(argv)
+    args.sets = parse_sets(p, args.sets)
     return args
 
 

@@ -58,9 +58,11 @@ from bench.rerank_quality import (
     SEED,
     SET_FOLDERS,
     EvalSet,
+    add_set_arguments,
     load_set,
     ndcg_at,
     paired_difference,
+    parse_sets,
     recall_at,
 )
 from pipeline.clients import ServiceClients
@@ -352,9 +354,7 @@ def print_costs(results: dict[str, dict], concurrency: int) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.retrieval_quality", description=__doc__.split("\n\n")[0])
-    p.add_argument("--sets", default="scifact,cranfield,squad", help=f"comma-separated, of {', '.join(SET_FOLDERS)}")
-    p.add_argument("--max-queries", type=int, default=1000,
-                   help="per set; larger sets are sampled (seed 0). Only squad has more by default (10,570)")
+    add_set_arguments(p)
     p.add_argument("--rerank-candidates", type=int, default=None,
                    help="fused candidates the reranker scores (default: the pipeline's setting, 40)")
     p.add_argument("--concurrency", type=int, default=4, help="queries in flight")
@@ -366,10 +366,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cache", type=Path, default=default_cache_path(), help="exported-model cache of the services")
     p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for each service")
     args = p.parse_args(argv)
-    args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
-    unknown = [s for s in args.sets if s not in SET_FOLDERS]
-    if unknown:
-        p.error(f"unknown sets: {', '.join(unknown)}")
+    args.sets = parse_sets(p, args.sets)
     return args
 
 

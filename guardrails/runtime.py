@@ -36,8 +36,9 @@ PACKAGE = Path(__file__).resolve().parent
 DEFAULT_POLICY_DIR = PACKAGE / "policies" / "default"
 LIBRARY_FILE = PACKAGE / "library" / "nimrag.co"
 LIBRARY_NAME = "_nimrag_library.co"
-POLICY_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.(yml|yaml|co)$")
-POLICY_FILE_WITH_PYTHON = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.(yml|yaml|co|py)$")
+FILE_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}"  # flat; no leading dot (hidden files, '..')
+POLICY_FILE = re.compile(rf"{FILE_NAME}\.(yml|yaml|co)")
+POLICY_FILE_WITH_PYTHON = re.compile(rf"{FILE_NAME}\.(yml|yaml|co|py)")
 OUTPUT_REFUSAL = "I'm sorry, I can't share that answer."
 MODEL_ENGINES = {"nimrag", "openai", "nim"}
 HOST_PARAMETERS = {"base_url", "api_base", "endpoint", "url", "openai_api_base", "api_key"}
@@ -85,7 +86,7 @@ def load_policy(files: Mapping[str, str], endpoints: Endpoints, *, allow_python:
     when the operator allows them, are imported by NeMo while the rails are built. Raises PolicyError."""
     allowed = POLICY_FILE_WITH_PYTHON if allow_python else POLICY_FILE
     problems = [f"{name}: not a policy file (a flat .yml/.yaml config or a .co Colang file)"
-                for name in sorted(files) if not allowed.match(name) or name == LIBRARY_NAME]
+                for name in sorted(files) if not allowed.fullmatch(name) or name == LIBRARY_NAME]
     if "config.yml" not in files:
         problems.append("config.yml is missing")
     try:

@@ -9,12 +9,13 @@ from collections.abc import Mapping
 
 import yaml
 
+from guardrails import runtime
 from guardrails.runtime import Endpoints, PolicyError, load_policy
 
 MAX_FILES = 32
 MAX_FILE_BYTES = 256 * 1024
 DEFAULT_MAX_POLICY_BYTES = 1024 * 1024
-FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")  # flat; no leading dot (hidden files, '..')
+FILE_NAME = re.compile(runtime.FILE_NAME)
 YAML_SUFFIXES = (".yml", ".yaml")
 POLICY_SUFFIXES = (*YAML_SUFFIXES, ".co")
 MAX_MESSAGE_CHARS = 600  # a NeMo message can quote a whole file: keep each problem readable
