@@ -172,14 +172,15 @@ def free_port() -> int:
 class Service:
     """``nimrag serve SERVICE OPTIONS`` on a free loopback port; always stopped on leaving the ``with``."""
 
-    def __init__(self, service: str, label: str, options: list[str], cache: Path, log_path: Path):
+    def __init__(self, service: str, label: str, options: list[str], cache: Path, log_path: Path,
+                 env: dict[str, str] | None = None):
         self.service, self.label, self.options = service, label, options
-        self.cache, self.log_path = cache, log_path
+        self.cache, self.log_path, self.env = cache, log_path, env or {}
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "Service":
-        env = {**os.environ, f"NIMRAG_{self.service.upper()}_CACHE_PATH": str(self.cache)}
+        env = {**os.environ, f"NIMRAG_{self.service.upper()}_CACHE_PATH": str(self.cache), **self.env}
         cmd = [sys.executable, "-m", "nimrag.cli", "serve", self.service, "--port", str(self.port), *self.options]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # Its own session: a Ctrl-C reaches only us, and we stop it in order in __exit__.

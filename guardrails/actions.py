@@ -15,9 +15,10 @@ from typing import Literal
 
 import numpy as np
 from nemoguardrails.actions.rail_outcome import RailOutcome
-from pydantic import BaseModel, ConfigDict, Field
+from phonenumbers import SUPPORTED_REGIONS
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from guardrails.detectors import ATTACK_EXAMPLES, Embed, injection_patterns_in
+from guardrails.detectors import ATTACK_EXAMPLES, DEFAULT_PHONE_REGIONS, Embed, injection_patterns_in
 
 OUTPUT_PATTERNS = ("persona takeover", "developer mode", "chat template tokens")  # signs the answer was hijacked
 PROTECTED_WORDS = 8  # this many consecutive words of a protected text in an answer count as a leak
@@ -68,6 +69,18 @@ class PolicySettings(_Strict):
     topics: TopicSettings = Field(default_factory=TopicSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     mask_sensitive_data: list[Literal["email", "phone", "card_number"]] = Field(default_factory=list)
+    # Where national phone numbers ("020 7946 0958") are recognised; international ones (+44 ...) always are.
+    # Each region is one more pass of the matcher over every streamed piece.
+    phone_regions: list[str] = Field(default_factory=lambda: list(DEFAULT_PHONE_REGIONS), max_length=8)
+
+    @field_validator("phone_regions")
+    @classmethod
+    def _known_regions(cls, regions: list[str]) -> list[str]:
+        unknown = [r for r in regions if r.upper() not in SUPPORTED_REGIONS]
+        if unknown:
+            raise ValueError(f"{unknown} are not regions libphonenumber knows: use ISO 3166 codes such as US, GB, "
+                             "DE, IN")
+        return [r.upper() for r in regions]
 
 
 def word_windows(text: str, size: int) -> set[str]:

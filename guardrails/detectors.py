@@ -6,11 +6,13 @@ NeMo Guardrails' own jailbreak heuristics score perplexity with GPT-2 large, a h
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from phonenumbers import Leniency, PhoneNumberMatcher
 
 Embed = Callable[[list[str]], Awaitable[np.ndarray]]  # texts -> unit vectors, one row each (the embedding service)
 
@@ -69,12 +71,15 @@ SENSITIVE_PATTERNS: dict[str, re.Pattern] = {
     "email": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
     # 13 to 19 digits, in groups separated by single spaces or dashes; kept only when the Luhn check passes.
     "card_number": re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"),
-    # International (+CC ...) or national numbers of 7 to 15 digits with the usual separators.
-    "phone": re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}(?!\w)"),
 }
 MASKS = {"email": "[EMAIL]", "card_number": "[CARD NUMBER]", "phone": "[PHONE]"}
-MIN_PHONE_DIGITS = 7
-DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}")  # not phone numbers
+# Phone numbers are what libphonenumber's metadata calls valid (the right length and prefixes for a real number
+# plan): a date, a version, a price or an IP address is not. A number in international form (+CC) is found in
+# any text; a national one ("(415) 555-2671", "020 7946 0958") only for the regions a policy names.
+DEFAULT_PHONE_REGIONS = ("US",)
+# POSSIBLE (the length only) masks dates and versions; STRICT_GROUPING and EXACT_GROUPING miss numbers grouped in
+# an unusual way ("+49 30 90 18 20").
+PHONE_LENIENCY = Leniency.VALID
 
 
 @dataclass(frozen=True)
@@ -84,20 +89,41 @@ class Span:
     kind: str
 
 
-def sensitive_spans(text: str, kinds: frozenset[str]) -> list[Span]:
+def phone_spans(text: str, regions: Iterable[str] = DEFAULT_PHONE_REGIONS) -> list[Span]:
+    """Valid phone numbers in ``text``: international ones, and national ones of any of ``regions``."""
+    found = {(match.start, match.end) for region in (tuple(regions) or (None,))
+             for match in PhoneNumberMatcher(text, region, leniency=PHONE_LENIENCY)
+             if not _is_ip_address(match.raw_string)}  # 192.168.1.254 is a valid number in India
+    return [Span(start, end, "phone") for start, end in sorted(found, key=lambda s: (s[0], -s[1]))]
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _candidates(text: str, kind: str, phone_regions: Iterable[str]) -> list[Span]:
+    if kind == "phone":
+        return phone_spans(text, phone_regions)
+    spans = [Span(m.start(), m.end(), kind) for m in SENSITIVE_PATTERNS[kind].finditer(text)]
+    if kind == "card_number":
+        spans = [s for s in spans if luhn_valid(re.sub(r"\D", "", text[s.start:s.end]))]
+    return spans
+
+
+def sensitive_spans(text: str, kinds: frozenset[str], phone_regions: Iterable[str] = DEFAULT_PHONE_REGIONS
+                    ) -> list[Span]:
     """Non-overlapping sensitive spans, e-mails first, then card numbers, then phone numbers."""
     taken: list[Span] = []
     for kind in ("email", "card_number", "phone"):
         if kind not in kinds:
             continue
-        for match in SENSITIVE_PATTERNS[kind].finditer(text):
-            digits = re.sub(r"\D", "", match.group())
-            if kind == "card_number" and not luhn_valid(digits):
-                continue
-            if kind == "phone" and (len(digits) < MIN_PHONE_DIGITS or DATE.fullmatch(match.group())):
-                continue
-            if all(match.end() <= s.start or match.start() >= s.end for s in taken):
-                taken.append(Span(match.start(), match.end(), kind))
+        for span in _candidates(text, kind, phone_regions):
+            if all(span.end <= s.start or span.start >= s.end for s in taken):
+                taken.append(span)
     return sorted(taken, key=lambda s: s.start)
 
 
@@ -109,29 +135,48 @@ def mask_spans(text: str, spans: list[Span]) -> str:
     return "".join(out) + text[position:]
 
 
-class StreamMasker:
-    """Masks sensitive data in a text that arrives in pieces. The last ``hold`` characters are kept back, and so
-    is any match reaching into them, until more text (or the end) shows where it ends: nothing sensitive leaves
-    half-written."""
+# A space after a letter or after ,;:!? : no e-mail address, card number or phone number runs across it (a
+# number's extension, "x 12", would straddle one, but then the whole number is a span and the cut stays before it).
+SAFE_CUT = re.compile(r"(?<=[^\W\d_]|[,;:!?])\s")
 
-    def __init__(self, kinds: frozenset[str], hold: int = 64):
+
+class StreamMasker:
+    """Masks sensitive data in a text that arrives in pieces, exactly as in the whole text. The last ``hold``
+    characters are kept back, and text is released only up to a place where no match can run across (a space
+    after a word), outside any match: what is released is matched as the whole text would be, and nothing
+    sensitive leaves half-written. A text with no such place for ``max_hold`` characters (a long table of
+    numbers) is cut ``hold`` characters from its end, where a digit run can be split."""
+
+    def __init__(self, kinds: frozenset[str], phone_regions: Iterable[str] = DEFAULT_PHONE_REGIONS,
+                 hold: int = 64, max_hold: int = 1024):
         self.kinds = kinds
-        self.hold = hold
+        self.phone_regions = tuple(phone_regions)
+        self.hold, self.max_hold = hold, max_hold
         self.found: dict[str, int] = {}
         self._pending = ""
 
     def feed(self, text: str) -> str:
         self._pending += text
-        spans = sensitive_spans(self._pending, self.kinds)
-        cut = max(0, len(self._pending) - self.hold)
-        for span in spans:
-            if span.start < cut < span.end or (span.end == len(self._pending) and span.start < cut):
-                cut = span.start
+        spans = sensitive_spans(self._pending, self.kinds, self.phone_regions)
+        cut = self._cut(spans)
         return self._release(cut, [s for s in spans if s.end <= cut])
 
     def flush(self) -> str:
-        spans = sensitive_spans(self._pending, self.kinds)
+        spans = sensitive_spans(self._pending, self.kinds, self.phone_regions)
         return self._release(len(self._pending), spans)
+
+    def _cut(self, spans: list[Span]) -> int:
+        limit = len(self._pending) - self.hold
+        if limit <= 0:
+            return 0
+        places = (m.start() for m in SAFE_CUT.finditer(self._pending, 0, limit + 1))
+        cut = max((p for p in places if not _inside(p, spans)), default=0)
+        if cut == 0 and len(self._pending) > self.max_hold:
+            cut = limit
+            for span in spans:
+                if span.start < cut < span.end:
+                    cut = span.start
+        return cut
 
     def _release(self, cut: int, spans: list[Span]) -> str:
         for span in spans:
@@ -139,3 +184,7 @@ class StreamMasker:
         out = mask_spans(self._pending[:cut], spans)
         self._pending = self._pending[cut:]
         return out
+
+
+def _inside(position: int, spans: list[Span]) -> bool:
+    return any(span.start < position < span.end for span in spans)

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from guardrails.actions import RAIL_MS, PolicySettings, RailActions
 from guardrails.detectors import Embed, StreamMasker
+from guardrails.policy_yaml import load_yaml
 
 if TYPE_CHECKING:
     from guardrails.store import PolicyStore
@@ -90,7 +91,7 @@ def load_policy(files: Mapping[str, str], endpoints: Endpoints, *, allow_python:
     if "config.yml" not in files:
         problems.append("config.yml is missing")
     try:
-        config_yml = yaml.safe_load(files.get("config.yml", "")) or {}
+        config_yml = load_yaml(files.get("config.yml", "")) or {}
     except yaml.YAMLError as exc:
         problems.append(f"config.yml: invalid YAML: {' '.join(str(exc).split())}")
     if problems:
@@ -158,8 +159,8 @@ def policy_settings(config: RailsConfig) -> PolicySettings:
     try:
         return PolicySettings.model_validate(config.custom_data.get("nimrag") or {})
     except ValidationError as exc:
-        raise PolicyError([f"config.yml: nimrag.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                           for e in exc.errors()]) from None
+        raise PolicyError([f"config.yml: nimrag.{'.'.join(map(str, e['loc']))}: "
+                           f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]) from None
 
 
 def bound_models(endpoints: Endpoints) -> list[Model]:
@@ -252,7 +253,7 @@ class PolicyRuntime:
             verdict.activated += list(flows)
             pieces = self.rails.stream_async(messages=turns, generator=pieces)
         kinds = frozenset(self.settings.mask_sensitive_data)
-        masker = StreamMasker(kinds) if kinds else None
+        masker = StreamMasker(kinds, self.settings.phone_regions) if kinds else None
         async for piece in pieces:
             if blocked := _blocking_rail(piece):
                 verdict.blocked_by, verdict.refusal = blocked, OUTPUT_REFUSAL

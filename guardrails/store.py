@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from guardrails.policy_yaml import load_yaml
 from services.common.files import fsync_dir, write_atomically, write_synced
 
 POLICY_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -135,7 +136,7 @@ def policy_description(files: Mapping[str, str]) -> str:
     """What a listing shows: config.yml's top-level ``description``, its first instruction, or its first comment."""
     text = files.get("config.yml", "")
     with contextlib.suppress(yaml.YAMLError):
-        config = yaml.safe_load(text)
+        config = load_yaml(text)
         if isinstance(config, dict):
             if isinstance(config.get("description"), str):
                 return _one_line(config["description"])

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import yaml
 
 from guardrails import runtime
+from guardrails.policy_yaml import load_yaml
 from guardrails.runtime import Endpoints, PolicyError, load_policy
 
 MAX_FILES = 32
@@ -84,7 +85,7 @@ def check_yaml(files: Mapping[str, str]) -> list[str]:
         if not name.endswith(YAML_SUFFIXES):
             continue
         try:
-            document = yaml.safe_load(files[name])
+            document = load_yaml(files[name])
         except yaml.YAMLError as exc:
             problems.append(_yaml_problem(name, exc))
             continue

@@ -6,9 +6,12 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from nimrag.errors import EXIT_CODES_HELP, CLIError, Exit
 
 
 def _load(target: str):
@@ -53,15 +56,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "profile": args.profile,
                                    "model": args.model}.items() if v is not None}
     if entry.profiles is None and ({"profile", "model"} & set(overrides)):
-        print(f"nimrag: {args.service} serves no model: --profile and --model do not apply", file=sys.stderr)
-        return 2
+        raise CLIError(f"{args.service} serves no model: --profile and --model do not apply")
     settings = _load(entry.settings)(**overrides)
     configure_logging(settings.log_level, settings.json_logs)
     try:
         app = _load(entry.app_factory)(settings)
     except StartupError as exc:
-        print(f"nimrag: {exc}", file=sys.stderr)
-        return 2
+        raise CLIError(str(exc)) from None
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=10)
     return 0
 
@@ -104,22 +105,31 @@ def cmd_profiles_list(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from nimrag.platform import Platform
+    from nimrag.console import Console
+    from nimrag.platform import Interrupted, Platform, PlatformError
 
     _offline_env()
-    platform = Platform(json_logs=args.json_logs)
-    try:
-        platform.start()
-        print(f"nimrag: platform ready; pipeline at http://127.0.0.1:{platform.ports['pipeline']}/v1 "
-              "(Ctrl-C stops it)", file=sys.stderr)
-        if args.demo:
-            _demo(platform)
-        return platform.wait()
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"nimrag: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        platform.stop()
+    console = Console(sys.stderr, verbose=args.verbose)
+    platform = Platform(json_logs=args.json_logs, console=console)
+    ready = False
+    with platform.signals_handled():  # before the first child starts: whatever ends this, they all stop
+        try:
+            console.note(f"starting embed, rerank, llm, pipeline; full logs in {platform.log_dir}")
+            platform.start(timeout_s=args.ready_timeout)
+            ready = True
+            console.note(f"platform ready: pipeline at http://127.0.0.1:{platform.ports['pipeline']}/v1 "
+                         "(Ctrl-C stops it)")
+            if args.demo:
+                with console.hold():  # the answer is never interleaved with log lines
+                    _demo(platform)
+            platform.wait()
+        except Interrupted as exc:
+            console.note(f"{exc}: stopping the services")
+            return Exit.OK if ready else Exit.INTERRUPTED + exc.signum  # a stop once serving is the normal end
+        except PlatformError as exc:
+            raise CLIError(str(exc), Exit.PLATFORM) from None
+        finally:
+            platform.stop()
 
 
 def _demo(platform) -> None:
@@ -132,6 +142,7 @@ def _demo(platform) -> None:
     question = "How long is the warranty on the Aurora X2 kettle, and what does it not cover?"
     print(f"\nQ: {question}\nA: ", end="")
     rag_cli.ask(question, "samples", url, {}, as_json=False)
+    sys.stdout.flush()
 
 
 def _pipeline_client(args: argparse.Namespace) -> tuple[str, dict]:
@@ -204,8 +215,23 @@ def _add_policy_parser(sub) -> None:
     policy.set_defaults(func=cmd_policy)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the installed package's version, read only when asked (the import is not free)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print the installed nimrag version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from services.common.app import package_version
+
+        print(f"nimrag {package_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nimrag", description=__doc__)
+    parser = argparse.ArgumentParser(prog="nimrag", description=__doc__, epilog=EXIT_CODES_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run one microservice")
@@ -216,9 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="model folder to serve instead of the bundled default")
     serve.set_defaults(func=cmd_serve)
 
-    up = sub.add_parser("up", help="start the whole platform on this host (embed, rerank, LLM, pipeline)")
+    up = sub.add_parser("up", help="start the whole platform on this host (embed, rerank, LLM, pipeline)",
+                        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     up.add_argument("--demo", action="store_true", help="ingest the sample documents and ask a question")
+    up.add_argument("--verbose", action="store_true", help="show every log line of every service (default: "
+                    "when each is ready, then warnings and errors; the full logs are in <data>/logs/)")
     up.add_argument("--json-logs", action="store_true", help="JSON log lines instead of readable text")
+    up.add_argument("--ready-timeout", type=float, default=300, metavar="SECONDS",
+                    help="how long each service may take to get ready (default 300)")
     up.set_defaults(func=cmd_up)
 
     ingest = sub.add_parser("ingest", help="index files, folders or globs into a collection")
@@ -250,7 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return int(args.func(args))
+    except CLIError as exc:
+        print(f"nimrag: {exc}", file=sys.stderr)
+        return int(exc.code)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a signal nimrag.platform turned into one
+        print("\nnimrag: interrupted", file=sys.stderr)
+        return Exit.INTERRUPTED + getattr(exc, "signum", signal.SIGINT)  # 130 for SIGINT, as shells report it
     except BrokenPipeError:  # the reader went away (`nimrag ... | head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 1

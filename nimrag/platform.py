@@ -1,43 +1,52 @@
 """``nimrag up``: the whole platform on one host, each service its own process on a loopback port.
 
-Starts embed, rerank and the LLM, waits until each is ready, then the pipeline pointed at them. Their logs go to
-one stream, each line prefixed with its service. Ctrl-C or SIGTERM stops them all (the pipeline first).
+Checks that every port is free, starts embed, rerank and the LLM, waits until each is ready, then the pipeline
+pointed at them. Each service's full log goes to ``<log_dir>/<service>.log``; the console (``Console``) gets one
+line per service when it is ready, then its warnings and errors only (everything with ``verbose``). A service
+that exits is an error naming it and its last log line. However ``nimrag up`` ends, every child is stopped:
+SIGTERM to its process group, SIGKILL after a grace period.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
 
 import httpx
 
+from nimrag.console import Console, ServiceLog
+from nimrag.errors import response_message
+
 START_ORDER = ("embed", "rerank", "llm", "pipeline")
-DEFAULT_PORTS = {"embed": 8001, "rerank": 8002, "llm": 8000, "pipeline": 8081}
-COLOURS = {"embed": 34, "rerank": 35, "llm": 32, "pipeline": 36}
+STOP_GRACE_S = 15.0  # SIGTERM, then SIGKILL after this
+POLL_S = 0.25
 
 
-@dataclass
-class Running:
-    name: str
-    port: int
-    process: subprocess.Popen
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+class PlatformError(RuntimeError):
+    """The platform cannot start or keep running; the message names the service and says why."""
 
 
-def _relay(name: str, stream, lock: threading.Lock, colour: bool) -> None:
-    prefix = f"\x1b[{COLOURS[name]}m{name:>8}\x1b[0m | " if colour else f"{name:>8} | "
-    for raw in iter(stream.readline, b""):
-        with lock:
-            sys.stdout.write(prefix + raw.decode(errors="replace"))
-            sys.stdout.flush()
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM while ``nimrag up`` runs: like Ctrl-C, no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def configured_ports() -> dict[str, int]:
+    """Each service's port from its own settings (``NIMRAG_EMBED_PORT``...), as ``nimrag serve`` uses them."""
+    from nimrag.cli import SERVICES, _load
+
+    return {name: _load(SERVICES[name].settings)().port for name in START_ORDER}
 
 
 def pipeline_env(ports: dict[str, int]) -> dict[str, str]:
@@ -46,67 +55,202 @@ def pipeline_env(ports: dict[str, int]) -> dict[str, str]:
             "NIMRAG_PIPELINE_LLM_URL": f"http://127.0.0.1:{ports['llm']}/v1"}
 
 
+def port_holder(port: int) -> str | None:
+    """None when ``port`` can be bound on loopback; otherwise what holds it, as far as we can tell."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no holder
+        try:
+            probe.bind(("127.0.0.1", port))
+            return None
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+    try:
+        release = httpx.get(f"http://127.0.0.1:{port}/v1/version", timeout=2).json()["release"]
+        return f"a nimrag service (release {release}; is another `nimrag up` running?)"
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return f"another program ({reason})"
+
+
+def check_ports(ports: dict[str, int]) -> None:
+    seen: dict[int, str] = {}
+    for name, port in ports.items():
+        if port in seen:
+            raise PlatformError(f"{seen[port]} and {name} are both set to port {port}")
+        seen[port] = name
+        holder = port_holder(port)
+        if holder:
+            raise PlatformError(f"port {port} ({name}) is in use by {holder}; stop it, or give {name} another port "
+                                f"with NIMRAG_{name.upper()}_PORT")
+
+
+@dataclass
+class Running:
+    name: str
+    port: int
+    process: subprocess.Popen
+    log: ServiceLog
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def exited(self) -> PlatformError:
+        last = self.log.last_line()
+        return PlatformError(f"{self.name} exited with code {self.process.returncode}"
+                             + (f": {last}" if last else "") + f" (full log: {self.log.path})")
+
+
+class _Signals:
+    """SIGINT and SIGTERM raise Interrupted in the main thread, except while ``deferred()`` (spawning a child, or
+    stopping them all): then the signal waits until the block ends, so that no child is left unrecorded."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: int | None = None
+        self.previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self.depth:
+            self.pending = signum
+            return
+        raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if not self.depth and self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise Interrupted(signum)
+
+
 class Platform:
-    def __init__(self, ports: dict[str, int] | None = None, json_logs: bool = False, env: dict | None = None):
-        self.ports = {**DEFAULT_PORTS, **(ports or {})}
+    def __init__(self, ports: dict[str, int] | None = None, json_logs: bool = False, env: dict | None = None,
+                 log_dir: Path | None = None, console: Console | None = None):
+        ports = dict(ports or {})
+        self.ports = ports if set(ports) == set(START_ORDER) else {**configured_ports(), **ports}
         self.json_logs = json_logs
         self.env = env or {}
+        self.log_dir = log_dir or _default_log_dir(self.env)
+        self.console = console or Console(sys.stderr)
         self.running: list[Running] = []
-        self._lock = threading.Lock()
+        self._signals = _Signals()
+
+    @contextlib.contextmanager
+    def signals_handled(self):
+        """SIGINT/SIGTERM raise Interrupted from here on (main thread only); the previous handlers come back."""
+        self._signals.install()
+        try:
+            yield
+        finally:
+            self._signals.restore()
 
     def start(self, timeout_s: float = 300) -> None:
-        for name in START_ORDER[:-1]:
-            self._spawn(name)
-        for svc in list(self.running):
-            self._wait_ready(svc, timeout_s)
-        self._wait_ready(self._spawn("pipeline", pipeline_env(self.ports)), timeout_s)
+        check_ports(self.ports)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        models = [self._spawn(name) for name in START_ORDER[:-1]]
+        self._wait_ready(models, timeout_s)
+        self._wait_ready([self._spawn("pipeline", pipeline_env(self.ports))], timeout_s)
+        self.check_alive()  # a foreign server on a port could have answered for a child that failed to bind
 
     def _spawn(self, name: str, extra_env: dict | None = None) -> Running:
         env = {**os.environ, **self.env, **(extra_env or {}),
                f"NIMRAG_{name.upper()}_JSON_LOGS": "true" if self.json_logs else "false"}
-        process = subprocess.Popen([sys.executable, "-m", "nimrag.cli", "serve", name, "--port",
-                                    str(self.ports[name])], env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        threading.Thread(target=_relay, args=(name, process.stdout, self._lock, sys.stdout.isatty()),
-                         daemon=True).start()
-        svc = Running(name, self.ports[name], process)
-        self.running.append(svc)
+        log = ServiceLog(name, self.log_dir / f"{name}.log", self.console)
+        with self._signals.deferred():
+            process = subprocess.Popen([sys.executable, "-m", "nimrag.cli", "serve", name, "--port",
+                                        str(self.ports[name])], env=env, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            svc = Running(name, self.ports[name], process, log)
+            self.running.append(svc)
+        log.follow(process.stdout)
         return svc
 
-    def _wait_ready(self, svc: Running, timeout_s: float) -> None:
+    def _wait_ready(self, services: list[Running], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        waiting = list(services)
+        while waiting:
+            for svc in list(waiting):
+                if svc.process.poll() is not None:
+                    raise svc.exited()
+                if self._ready(svc):
+                    waiting.remove(svc)
+                    self._announce(svc)
+            if waiting and time.monotonic() > deadline:
+                names = ", ".join(f"{s.name} (log: {s.log.path})" for s in waiting)
+                raise PlatformError(f"not ready after {timeout_s:.0f} s: {names}")
+            if waiting:
+                time.sleep(POLL_S)
+
+    @staticmethod
+    def _ready(svc: Running) -> bool:
+        try:
+            response = httpx.get(svc.url + "/v1/health/ready", timeout=2)
+        except httpx.TransportError:
+            return False
+        if response.status_code == 503 and "model_load_failed" in response.text:
+            raise PlatformError(f"{svc.name}: {response_message(response)} (full log: {svc.log.path})")
+        return response.status_code == 200
+
+    def _announce(self, svc: Running) -> None:
+        profile = ""
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            if svc.name != "pipeline":
+                profile = f"profile {httpx.get(svc.url + '/v1/metadata', timeout=5).json()['selectedModelProfileId']}, "
+        self.console.note(f"{svc.name} ready: {profile}port {svc.port}, {time.monotonic() - svc.started:.1f} s")
+
+    def check_alive(self) -> None:
+        for svc in self.running:
             if svc.process.poll() is not None:
-                raise RuntimeError(f"{svc.name} exited with code {svc.process.returncode} (see its log above)")
-            try:
-                if httpx.get(svc.url + "/v1/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"{svc.name} was not ready after {timeout_s:.0f} s")
+                raise svc.exited()
 
-    def stop(self) -> None:
-        for svc in reversed(self.running):  # the pipeline first, so nothing calls a stopped service
-            if svc.process.poll() is None:
-                os.killpg(svc.process.pid, signal.SIGTERM)
-        for svc in reversed(self.running):
-            try:
-                svc.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(svc.process.pid, signal.SIGKILL)
-                svc.process.wait()
-        self.running.clear()
+    def wait(self) -> NoReturn:
+        """Block until a service exits (PlatformError) or a signal arrives (Interrupted)."""
+        while True:
+            self.check_alive()
+            time.sleep(POLL_S * 2)
 
-    def wait(self) -> int:
-        """Block until a service exits or a signal arrives; returns the exit code to report."""
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        while not stop.wait(0.5):
-            dead = [s for s in self.running if s.process.poll() is not None]
-            if dead:
-                print(f"nimrag: {dead[0].name} exited with code {dead[0].process.returncode}; stopping",
-                      file=sys.stderr)
-                return 1
-        return 0
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop every child, the pipeline first (so nothing calls a stopped service): SIGTERM to its process
+        group, SIGKILL to the groups still there after ``grace_s`` or at a signal received meanwhile (a second
+        Ctrl-C). Signals wait until it is done."""
+        with self._signals.deferred():
+            self._signals.pending = None  # the stop a signal asked for is this one
+            for svc in reversed(self.running):
+                _signal_group(svc.process, signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            while any(svc.process.poll() is None for svc in self.running):
+                if time.monotonic() > deadline or self._signals.pending is not None:
+                    for svc in self.running:
+                        _signal_group(svc.process, signal.SIGKILL)
+                time.sleep(0.05)
+            for svc in self.running:
+                svc.log.close()
+            self.running.clear()
+            self._signals.pending = None
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    if process.poll() is None:  # not reaped yet: its pid is still its process group's id
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+
+
+def _default_log_dir(env: dict) -> Path:
+    from pipeline.settings import PipelineSettings
+
+    data = env.get("NIMRAG_PIPELINE_DATA_PATH")
+    return (Path(data) if data else PipelineSettings().data_path) / "logs"

@@ -1,6 +1,6 @@
 """``nimrag policy``: list, show, validate, apply, diff and roll back guardrails policies through the running
-pipeline's ``/v1/guardrails/configs`` API. Only ``validate`` works without a pipeline (in-process). HTTP errors end
-in one readable line and exit code 1, never a traceback."""
+pipeline's ``/v1/guardrails/configs`` API. Only ``validate`` works without a pipeline (in-process). Errors are
+CLIErrors: one readable line and the exit code of their kind (nimrag.errors), never a traceback."""
 
 from __future__ import annotations
 
@@ -13,16 +13,10 @@ from pathlib import Path
 
 import httpx
 
+from nimrag.errors import CLIError, Exit, from_response, no_pipeline
+
 API = "/v1/guardrails/configs"
 SKIPPED_NAMES = {"__pycache__"}
-
-
-class PolicyCommandError(Exception):
-    """What went wrong, as the user should read it (printed after 'nimrag: '); ``status`` for HTTP errors."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
 
 
 class PolicyClient:
@@ -34,21 +28,13 @@ class PolicyClient:
         try:
             response = self.http.request(method, API + path, **kwargs)
         except httpx.TransportError as exc:
-            raise PolicyCommandError(f"no pipeline answers at {self.url} ({exc}); start one with 'nimrag up' or "
-                                     "'nimrag serve pipeline', or pass --url") from None
+            raise no_pipeline(self.url, exc) from None
         if response.is_success:
             return response.json()
-        raise PolicyCommandError(f"{_error_message(response)} (HTTP {response.status_code})", response.status_code)
+        raise from_response(response)
 
     def close(self) -> None:
         self.http.close()
-
-
-def _error_message(response: httpx.Response) -> str:
-    try:
-        return response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return response.text[:500] or response.reason_phrase
 
 
 # --- local files --------------------------------------------------------------------------------------------
@@ -57,7 +43,7 @@ def read_local_policy(path: Path) -> dict[str, str]:
     """A policy folder's files (or one file) by name. Files in subfolders keep their relative path, so that
     validation says they are not allowed; hidden files and __pycache__ are left out."""
     if not path.exists():
-        raise PolicyCommandError(f"{path} does not exist")
+        raise CLIError(f"{path} does not exist")
     if path.is_file():
         return {path.name: _read_text(path)}
     files = {}
@@ -67,7 +53,7 @@ def read_local_policy(path: Path) -> dict[str, str]:
             continue
         files[relative.as_posix()] = _read_text(file)
     if not files:
-        raise PolicyCommandError(f"{path} holds no files")
+        raise CLIError(f"{path} holds no files")
     return files
 
 
@@ -75,7 +61,7 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise PolicyCommandError(f"{path} is not UTF-8 text") from None
+        raise CLIError(f"{path} is not UTF-8 text") from None
 
 
 def _author() -> str:
@@ -104,7 +90,7 @@ def cmd_show(client: PolicyClient, args: argparse.Namespace) -> int:
     policy = client.call("GET", f"/{args.id}", params={"version": args.version} if args.version else None)
     if args.file:
         if args.file not in policy["files"]:
-            raise PolicyCommandError(f"policy '{args.id}' version {policy['version']} has no file '{args.file}' "
+            raise CLIError(f"policy '{args.id}' version {policy['version']} has no file '{args.file}' "
                                      f"(it has {', '.join(sorted(policy['files']))})")
         sys.stdout.write(policy["files"][args.file])
         return 0
@@ -143,7 +129,7 @@ def cmd_validate(client: PolicyClient, args: argparse.Namespace) -> int:
     print(f"{args.path}: invalid", file=sys.stderr)
     for problem in result["problems"]:
         print(f"- {problem}", file=sys.stderr)
-    return 1
+    return Exit.INCOMPLETE
 
 
 async def _validate_locally(files: dict[str, str]) -> dict:
@@ -183,7 +169,7 @@ def cmd_apply(client: PolicyClient, args: argparse.Namespace) -> int:
     body = {"files": files, "comment": args.comment, "author": _author()}
     try:
         current = client.call("GET", f"/{args.id}")["version"]
-    except PolicyCommandError as exc:
+    except CLIError as exc:
         if exc.status != 404:
             raise
         created = client.call("POST", "", json={"id": args.id, **body})
@@ -221,8 +207,5 @@ def run(args: argparse.Namespace, url: str, headers: dict[str, str]) -> int:
     client = PolicyClient(url, headers)
     try:
         return COMMANDS[args.policy_command](client, args)
-    except PolicyCommandError as exc:
-        print(f"nimrag: {exc}", file=sys.stderr)
-        return 1
     finally:
         client.close()

@@ -19,6 +19,7 @@ from pipeline.retrieval import (
     Retriever,
     SearchOptions,
     elapsed_ms,
+    hit_vectors,
     retrieval_query,
 )
 from services.common.errors import InvalidRequestError
@@ -38,6 +39,7 @@ class Citation:
     chunk_id: int
     score: float
     text: str
+    collection_name: str
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,7 +63,8 @@ def source_block(number: int, hit: Hit) -> str:
 
 def citation_of(number: int, hit: Hit) -> Citation:
     c = hit.chunk
-    return Citation(number, c.source, c.page, c.index, hit.chunk_id, round(float(hit.score), 6), c.text)
+    return Citation(number, c.source, c.page, c.index, hit.chunk_id, round(float(hit.score), 6), c.text,
+                    hit.collection_name)
 
 
 class Answerer:
@@ -69,15 +72,16 @@ class Answerer:
         self.clients = clients
         self.retriever = retriever
 
-    async def answer(self, collection, turns: list[dict], options: SearchOptions, max_tokens: int,
-                     temperature: float, top_p: float | None = None, policy: PolicyRuntime | None = None,
-                     verdict: Verdict | None = None) -> AsyncIterator[AnswerEvent]:
+    async def answer(self, collections: list, turns: list[dict], options: SearchOptions, params: dict,
+                     policy: PolicyRuntime | None = None, verdict: Verdict | None = None
+                     ) -> AsyncIterator[AnswerEvent]:
+        """The answer from ``collections`` (searched as one); ``params`` are the LLM's (max_tokens required)."""
         started = time.perf_counter()
-        result = await self.retriever.search(collection, retrieval_query(turns), options)
+        result = await self.retriever.search(collections, retrieval_query(turns), options)
         metrics = dict(result.timings_ms)
         hits = result.hits
         if policy and hits:
-            vectors = await asyncio.to_thread(collection.get_vectors, [h.chunk_id for h in hits])
+            vectors = await hit_vectors(hits)
             hits = [hits[i] for i in await policy.drop_injected([h.chunk.text for h in hits], vectors, verdict)]
         if not hits:
             yield AnswerEvent("citations", citations=[])
@@ -86,9 +90,8 @@ class Answerer:
             yield AnswerEvent("done", finish_reason="stop", metrics=metrics, guardrails=_view(verdict),
                               usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
             return
-        messages, citations = await self.pack(turns, hits, max_tokens)
+        messages, citations = await self.pack(turns, hits, params["max_tokens"])
         yield AnswerEvent("citations", citations=citations)
-        params = {"max_tokens": max_tokens, "temperature": temperature, **({"top_p": top_p} if top_p else {})}
         async for event in generate(self.clients, messages, params, turns, started, metrics, policy, verdict):
             yield event
 
@@ -112,7 +115,6 @@ class Answerer:
             citations.append(citation_of(number, hits[number - 1]))
         system = SYSTEM_PROMPT + "\n\nSources:\n\n" + "\n\n".join(chosen)
         return [{"role": "system", "content": system}, *turns], citations
-
 
 
 def _view(verdict: Verdict | None) -> dict | None:

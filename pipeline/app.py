@@ -17,7 +17,36 @@ from services.common.app import package_version, probe_router
 from services.common.errors import install_error_handlers
 from services.common.metrics import ServiceMetrics
 from services.common.middleware import RequestContextMiddleware
+from services.common.openapi import install_openapi
 from services.common.tracing import make_tracer
+
+
+# The errors each endpoint answers beyond those every endpoint shares (services.common.openapi.shared_errors):
+# 400 a bad name or option, 403 no admin key, 404 no such collection/task/policy, 409 a conflict, 422 an invalid
+# policy, 503 a service the pipeline needs is down.
+ENDPOINT_ERRORS = {
+    ("post", "/v1/collections"): {400, 409, 503},
+    ("delete", "/v1/collections"): {400, 404},
+    ("post", "/v1/documents"): {400, 404, 503},
+    ("get", "/v1/documents"): {400, 404},
+    ("delete", "/v1/documents"): {400, 404},
+    ("get", "/v1/status"): {404},
+    ("post", "/v1/search"): {400, 404, 503},
+    ("post", "/v1/generate"): {400, 404, 503},
+    ("post", "/v1/chat/completions"): {400, 404, 503},
+    ("post", "/v1/guardrails/configs/validate"): {422},
+    ("post", "/v1/guardrails/configs"): {400, 403, 409},
+    ("get", "/v1/guardrails/configs/{policy_id}"): {400, 404},
+    ("put", "/v1/guardrails/configs/{policy_id}"): {400, 403, 404, 409},
+    ("delete", "/v1/guardrails/configs/{policy_id}"): {400, 403, 404, 409},
+    ("get", "/v1/guardrails/configs/{policy_id}/history"): {400, 404},
+    ("get", "/v1/guardrails/configs/{policy_id}/diff"): {400, 404},
+    ("post", "/v1/guardrails/configs/{policy_id}/rollback"): {400, 403, 404, 409},
+}
+
+
+def endpoint_errors(path: str, method: str, operation: dict) -> set[int]:
+    return ENDPOINT_ERRORS.get((method, path), set())
 
 
 def accepted_keys(settings: PipelineSettings) -> list[str]:
@@ -51,6 +80,7 @@ def create_app(settings: PipelineSettings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(policy_router)
     install_policy_error_handler(app)
+    install_openapi(app, endpoint_errors)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, api_keys=accepted_keys(settings),
                        max_body_bytes=settings.max_body_bytes, tracer=make_tracer("pipeline"))
     return app

@@ -1,16 +1,20 @@
 """Ingestion: parse, chunk, skip what is unchanged, embed (batched, several requests in flight), store.
 
-A file that cannot be read is reported with its reason and skipped; the rest goes on. Each document is written
-in one transaction by the store, so an interrupted ingest leaves whole documents or none of them.
+A file that cannot be read is reported with its reason and skipped; the rest goes on. Any other failure (the
+embedding service gone, a store error) stops the ingest: the files not done by then are reported failed with
+that error, so every file is accounted for, and the error is raised. Each document is written in one transaction
+by the store, so an interrupted ingest leaves whole documents or none of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import PureWindowsPath
 
 import numpy as np
 
@@ -23,6 +27,28 @@ from pipeline.settings import PipelineSettings
 # Documents between parsing and storing at once. Enough that their passages fill the embedder's batches while
 # it is busy (most files make one or two chunks), few enough to bound memory on a large folder.
 FILES_IN_FLIGHT = 32
+MAX_NAME_CHARS = 1024
+MAX_NAME_PART_CHARS = 255
+
+
+def checked_document_name(raw: str) -> str:
+    """A document's name as a relative POSIX path ("a/notes.md"): backslashes read as '/', '.' and empty parts
+    dropped. Names are only ever names, never paths on disk; still, an absolute path, a drive, '..' or a control
+    character is refused (ValueError saying why), so that a name reads the same wherever it is shown."""
+    text = raw.replace("\\", "/")
+    parts = [part.strip() for part in text.split("/")]
+    parts = [part for part in parts if part not in ("", ".")]
+    if any(unicodedata.category(char) == "Cc" for char in text):
+        raise ValueError("it holds a control character")
+    if text.startswith("/") or PureWindowsPath(text).drive:
+        raise ValueError("it is an absolute path; send a relative one")
+    if ".." in parts:
+        raise ValueError("'..' is not allowed")
+    if not parts:
+        raise ValueError("it is empty")
+    if len(text) > MAX_NAME_CHARS or any(len(part) > MAX_NAME_PART_CHARS for part in parts):
+        raise ValueError(f"longer than {MAX_NAME_CHARS} characters, or {MAX_NAME_PART_CHARS} in one part")
+    return "/".join(parts)
 
 
 @dataclass
@@ -135,34 +161,48 @@ class Ingestor:
     def __init__(self, clients: ServiceClients, settings: PipelineSettings):
         self.clients = clients
         self.settings = settings
-        self._batcher = PassageBatcher(lambda texts: clients.embed(texts, "passage"), settings.embed_batch_size,
-                                       settings.embed_concurrency)
+        self._batcher = PassageBatcher(lambda texts: clients.embed(texts, "passage", settings.ingest_backoff_max_s),
+                                       settings.embed_batch_size, settings.embed_concurrency)
+        self._parses = asyncio.Semaphore(settings.max_concurrent_parses)  # each may inflate to max_inflated_bytes
 
     async def close(self) -> None:
         await self._batcher.close()
 
     async def ingest(self, collection, items: list[IngestItem], chunker: Chunker,
                      on_file: Callable[[FileReport], Awaitable[None]] | None = None) -> IngestReport:
+        """Every item gets a FileReport (through ``on_file`` as it is done, and in the report). A failure that is
+        not the file's own stops the ingest: the files not started by then fail with it, then it is raised."""
         report = IngestReport(collection.name)
         started = time.perf_counter()
         files = asyncio.Semaphore(FILES_IN_FLIGHT)
+        stopped_by: list[Exception] = []
 
         async def one(item: IngestItem) -> None:
             async with files:
-                result = await self._ingest_one(collection, item, chunker)
+                if stopped_by:
+                    result = FileReport(item.source, "failed", reason=f"not indexed: ingest stopped: {stopped_by[0]}")
+                else:
+                    try:
+                        result = await self._ingest_one(collection, item, chunker)
+                    except Exception as exc:  # noqa: BLE001 - reported for this file, raised once all are reported
+                        stopped_by.append(exc)
+                        result = FileReport(item.source, "failed", reason=f"not indexed: {exc}")
             report.files.append(result)
             if on_file:
                 await on_file(result)
 
         await asyncio.gather(*(one(item) for item in items))
         report.seconds = time.perf_counter() - started
+        if stopped_by:
+            raise stopped_by[0]
         return report
 
     async def _ingest_one(self, collection, item: IngestItem, chunker: Chunker) -> FileReport:
         try:
-            doc = await asyncio.to_thread(item.load)
-        except DocumentError as exc:
-            return FileReport(item.source, "failed", reason=str(exc))
+            async with self._parses:
+                doc = await asyncio.to_thread(item.load)
+        except DocumentError as exc:  # its reason only: the report names the file already
+            return FileReport(item.source, "failed", reason=exc.reason)
         if await asyncio.to_thread(collection.document_hash, doc.source) == doc.content_hash:
             return FileReport(doc.source, "unchanged")
         chunks = await asyncio.to_thread(chunker.split, doc)

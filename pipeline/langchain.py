@@ -21,11 +21,11 @@ The answer chain behaves like a chat model: it takes a question string, a list o
 ``AIMessageChunk``s, so ``chain | StrOutputParser()`` gives plain text and ``RunnableWithMessageHistory`` works.
 The pipeline does the retrieval itself (hybrid search, reranking, packing in the LLM's context); the message's
 ``response_metadata`` carries ``citations`` (the pipeline's citation dicts: ``number``, ``source``, ``page``,
-``chunk_index``, ``chunk_id``, ``score``, ``text``), ``metrics``, ``finish_reason`` and ``model_name``, and its
-``usage_metadata`` the LLM's token counts. When streaming, the first chunk carries the citations (they are known
-before the first token), the last one ``finish_reason``, ``metrics`` and the usage; adding the chunks up
-(``functools.reduce(operator.add, chunks)``) gives the same message as ``invoke``. ``citation_documents`` turns
-the citations into ``Document``s.
+``chunk_index``, ``chunk_id``, ``score``, ``text``, ``collection_name``), ``metrics``, ``finish_reason`` and
+``model_name``, and its ``usage_metadata`` the LLM's token counts. When streaming, the first chunk carries the
+citations (they are known before the first token), the last one ``finish_reason``, ``metrics`` and the usage;
+adding the chunks up (``functools.reduce(operator.add, chunks)``) gives the same message as ``invoke``.
+``citation_documents`` turns the citations into ``Document``s.
 
 Errors: a pipeline that answers with an error raises ``NimragAPIError`` (its status, message, type, code and
 param, from the pipeline's ``{"error": {...}}`` body, also when the error comes in the middle of a stream); a
@@ -68,7 +68,9 @@ SearchMode = Literal["hybrid", "dense", "lexical"]
 # ("human", "..."), {"role": "user", "content": "..."}), a chat prompt's value, or {"question", "chat_history"}.
 NimragChainInput = str | Sequence[Any] | PromptValue | dict[str, Any]
 
-RETRIEVAL_KNOBS = ("collection_name", "top_k", "vdb_top_k", "enable_reranker", "search_mode", "sources")
+RETRIEVAL_KNOBS = ("collection_name", "collection_names", "top_k", "vdb_top_k", "enable_reranker",
+                   "confidence_threshold", "search_mode", "sources")
+_COLLECTION_KNOBS = ("collection_name", "collection_names")
 ANSWER_KNOBS = (*RETRIEVAL_KNOBS, "max_tokens", "temperature", "top_p")
 
 
@@ -130,8 +132,12 @@ def _knobs(owner: Any, overrides: dict[str, Any], allowed: tuple[str, ...]) -> d
     if unknown:
         raise TypeError(f"unexpected argument(s) {', '.join(unknown)}; per-call options: {', '.join(allowed)}")
     v = {name: overrides.get(name, getattr(owner, name)) for name in allowed}
-    body = {"collection_name": v["collection_name"], "vdb_top_k": v["vdb_top_k"], "reranker_top_k": v["top_k"],
-            "enable_reranker": v["enable_reranker"], "search_mode": v["search_mode"]}
+    for name, other in (_COLLECTION_KNOBS, _COLLECTION_KNOBS[::-1]):
+        if name in overrides and other not in overrides:  # a per-call collection replaces the owner's choice
+            v[other] = None
+    body = {"collection_name": v["collection_name"], "collection_names": v["collection_names"],
+            "vdb_top_k": v["vdb_top_k"], "reranker_top_k": v["top_k"], "enable_reranker": v["enable_reranker"],
+            "confidence_threshold": v["confidence_threshold"], "search_mode": v["search_mode"]}
     if v["sources"] is not None:
         body["filter"] = {"sources": list(v["sources"])}
     for name in ("max_tokens", "temperature", "top_p"):
@@ -146,15 +152,19 @@ class NimragRetriever(BaseRetriever):
 
     Documents come best first, one per retrieved chunk: ``page_content`` is the chunk's text, ``id`` the chunk's
     id, and ``metadata`` holds ``source`` (the document's name), ``page``, ``chunk_index``, ``title``, ``score``,
-    ``document_id``, ``collection``, ``dense_rank`` and ``lexical_rank``. Unset knobs take the pipeline's
-    defaults. ``invoke``/``ainvoke`` take the knobs as keyword overrides too: ``invoke(q, sources=["a.pdf"])``.
+    ``document_id``, ``collection`` (its name), ``dense_rank`` and ``lexical_rank``. Unset knobs take the
+    pipeline's defaults. ``invoke``/``ainvoke`` take the knobs as keyword overrides too:
+    ``invoke(q, sources=["a.pdf"])``.
     """
 
     base_url: str = Field(DEFAULT_BASE_URL, description="The pipeline's URL (without /v1).")
     collection_name: str | None = Field(None, description="The collection; None: the pipeline's default.")
+    collection_names: list[str] | None = Field(None, description="Several collections searched as one.")
     top_k: int | None = Field(None, ge=1, le=100, description="Documents returned (the pipeline's reranker_top_k).")
     vdb_top_k: int | None = Field(None, ge=1, le=1000, description="Candidates from each first-stage retriever.")
     enable_reranker: bool | None = Field(None, description="Rerank the candidates; None: the pipeline's setting.")
+    confidence_threshold: float | None = Field(None, ge=0, le=1, description="Reranker score below which a chunk "
+                                               "is not relevant; None: the pipeline's setting.")
     search_mode: SearchMode = Field("hybrid", description="hybrid (dense + BM25, fused), dense or lexical.")
     sources: list[str] | None = Field(None, description="Only chunks of these documents (by name).")
     api_key: SecretStr | None = Field(None, description="Sent as 'Authorization: Bearer <key>' when set.")
@@ -191,7 +201,7 @@ def _documents(response: httpx.Response) -> list[Document]:
     documents = []
     for result in response.json()["results"]:
         metadata = {**(result.get("metadata") or {}), "source": result["document_name"], "score": result["score"],
-                    "document_id": result["document_id"]}
+                    "document_id": result["document_id"], "collection": result.get("collection_name")}
         documents.append(Document(page_content=result["content"], metadata=metadata, id=result["document_id"]))
     return documents
 
@@ -287,9 +297,12 @@ class NimragAnswerChain(RunnableSerializable[NimragChainInput, AIMessage]):
 
     base_url: str = Field(DEFAULT_BASE_URL, description="The pipeline's URL (without /v1).")
     collection_name: str | None = Field(None, description="The collection; None: the pipeline's default.")
+    collection_names: list[str] | None = Field(None, description="Several collections searched as one.")
     top_k: int | None = Field(None, ge=1, le=100, description="Chunks given to the LLM at most (reranker_top_k).")
     vdb_top_k: int | None = Field(None, ge=1, le=1000, description="Candidates from each first-stage retriever.")
     enable_reranker: bool | None = Field(None, description="Rerank the candidates; None: the pipeline's setting.")
+    confidence_threshold: float | None = Field(None, ge=0, le=1, description="Reranker score below which a chunk "
+                                               "is not relevant; None: the pipeline's setting.")
     search_mode: SearchMode = Field("hybrid", description="hybrid (dense + BM25, fused), dense or lexical.")
     sources: list[str] | None = Field(None, description="Only chunks of these documents (by name).")
     max_tokens: int | None = Field(None, ge=1, description="Answer length at most; None: the pipeline's.")
@@ -391,7 +404,7 @@ def _last(inputs: Iterator[Any]) -> Any:
 def citation_documents(message: BaseMessage) -> list[Document]:
     """The citations of an answer (``invoke``'s message, or the sum of ``stream``'s chunks) as Documents:
     the cited chunk's text, with ``number`` (its ``[n]`` in the answer), ``source``, ``page``, ``chunk_index``,
-    ``chunk_id`` and ``score`` as metadata."""
+    ``chunk_id``, ``score`` and ``collection_name`` as metadata."""
     documents = []
     for citation in message.response_metadata.get("citations") or []:
         metadata = {key: value for key, value in citation.items() if key != "text"}

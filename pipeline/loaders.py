@@ -11,13 +11,23 @@ import hashlib
 import io
 import os
 import re
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 from types import MappingProxyType
 
 from pipeline.documents import Page, ParsedDocument
 
-DEFAULT_MAX_BYTES = 100 * 1024 * 1024
+MIB = 1024 * 1024
+DEFAULT_MAX_BYTES = 100 * MIB
+DEFAULT_MAX_INFLATED_BYTES = 256 * MIB
+DEFAULT_MAX_COMPRESSION_RATIO = 100.0
+# Small ZIP members are not held to the ratio: a short XML part of repeated markup compresses beyond 100:1 and
+# cannot hurt (Apache POI's ZipSecureFile exempts small entries the same way).
+RATIO_GRACE_BYTES = MIB
+_ZIP_READ_CHUNK = MIB
 
 DOCX_MEDIA_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 
@@ -52,6 +62,27 @@ class BrokenFileError(DocumentError):
     """The file has a supported type but is empty, too large, damaged or has no text."""
 
 
+@dataclass(frozen=True)
+class InflateLimits:
+    """What parsing one document may decompress: ``max_bytes`` uncompressed in all (its ZIP members, its PDF
+    content streams), and a large ZIP member's uncompressed size at most ``max_ratio`` times its compressed size."""
+
+    max_bytes: int = DEFAULT_MAX_INFLATED_BYTES
+    max_ratio: float = DEFAULT_MAX_COMPRESSION_RATIO
+
+
+class InflateLimitError(BrokenFileError):
+    """The file would inflate beyond :class:`InflateLimits` (a decompression bomb, or just too big to parse)."""
+
+
+def _beyond(source: str, max_bytes: int, detail: str) -> InflateLimitError:
+    return InflateLimitError(source, f"inflates beyond {_mib(max_bytes)} MiB: {detail}")
+
+
+def _mib(size: int) -> str:
+    return f"{size / MIB:.4g}"
+
+
 def media_type_for(source: str) -> str:
     suffix = PurePath(source).suffix.lower()
     if suffix not in SUPPORTED_TYPES:
@@ -60,7 +91,8 @@ def media_type_for(source: str) -> str:
     return SUPPORTED_TYPES[suffix]
 
 
-def parse_file(path: Path, source: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> ParsedDocument:
+def parse_file(path: Path, source: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+               limits: InflateLimits = InflateLimits()) -> ParsedDocument:
     """Parse a local file; ``source`` (default: the file name) is the name the document is known by."""
     path = Path(path)
     source = source or path.name
@@ -72,17 +104,18 @@ def parse_file(path: Path, source: str | None = None, max_bytes: int = DEFAULT_M
         data = path.read_bytes()
     except OSError as exc:
         raise BrokenFileError(source, f"cannot read: {exc.strerror or exc}") from exc
-    return parse_bytes(data, source, max_bytes=max_bytes)
+    return parse_bytes(data, source, max_bytes=max_bytes, limits=limits)
 
 
-def parse_bytes(data: bytes, source: str, max_bytes: int = DEFAULT_MAX_BYTES) -> ParsedDocument:
+def parse_bytes(data: bytes, source: str, max_bytes: int = DEFAULT_MAX_BYTES,
+                limits: InflateLimits = InflateLimits()) -> ParsedDocument:
     """Parse file content (e.g. an API upload); the type comes from the suffix of ``source``."""
     media_type = media_type_for(source)
     if len(data) > max_bytes:
         raise _too_large(source, len(data), max_bytes)
     if not data.strip():
         raise BrokenFileError(source, "empty file")
-    title, pages = _PARSERS[media_type](data, source)
+    title, pages = _PARSERS[media_type](data, source, limits)
     pages = [page for page in pages if page.text.strip()]
     if not pages:
         reason = "no text layer (scanned PDF?)" if media_type == "application/pdf" else "no text"
@@ -95,26 +128,49 @@ def _too_large(source: str, size: int, max_bytes: int) -> BrokenFileError:
     return BrokenFileError(source, f"too large: {size} bytes (limit {max_bytes})")
 
 
-# --- per-format parsers: (data, source) -> (title or "", pages) ---
+# --- per-format parsers: (data, source, limits) -> (title or "", pages) ---
 
-def _parse_pdf(data: bytes, source: str) -> tuple[str, list[Page]]:
-    from pypdf import PdfReader
+def _parse_pdf(data: bytes, source: str, limits: InflateLimits) -> tuple[str, list[Page]]:
+    from pypdf import PdfReader, apply_configuration
+    from pypdf.errors import LimitReachedError
 
     if b"%PDF-" not in data[:1024]:
         raise BrokenFileError(source, "not a PDF or damaged: no %PDF- header")
     # pypdf raises many exception types (not only PdfReadError) on damaged input.
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise BrokenFileError(source, "encrypted PDF (needs a password)")
-        pages = [Page(number, _normalize_newlines(page.extract_text() or ""))
-                 for number, page in enumerate(reader.pages, start=1)]
-        title = (reader.metadata.title if reader.metadata else None) or ""
+        with apply_configuration(**_pypdf_limits(limits.max_bytes)):
+            reader = PdfReader(io.BytesIO(data))
+            if reader.is_encrypted and not reader.decrypt(""):
+                raise BrokenFileError(source, "encrypted PDF (needs a password)")
+            pages = list(_pdf_pages(reader, source, limits.max_bytes))
+            title = (reader.metadata.title if reader.metadata else None) or ""
     except BrokenFileError:
         raise
+    except LimitReachedError as exc:
+        raise _beyond(source, limits.max_bytes, f"pypdf: {exc}") from exc
     except Exception as exc:
         raise BrokenFileError(source, f"not a PDF or damaged: {exc}") from exc
     return str(title).strip(), pages
+
+
+def _pypdf_limits(max_bytes: int) -> dict[str, int]:
+    """pypdf's own limits, per stream (its defaults are 75 MB), no higher than ours for the whole document."""
+    per_stream = ("maximum_declared_stream_length", "array_based_stream_maximum_output_length",
+                  "zlib_maximum_output_length", "lzw_maximum_output_length", "run_length_maximum_output_length",
+                  "brotli_maximum_output_length", "jbig2_maximum_output_length", "image_maximum_buffer_size",
+                  "stream_decoding_work_maximum_length")
+    return {name: max_bytes for name in per_stream}
+
+
+def _pdf_pages(reader, source: str, max_bytes: int) -> Iterator[Page]:
+    """Each page's text. pypdf keeps every stream it decoded: their sum is what the document inflates to."""
+    inflated = 0
+    for number, page in enumerate(reader.pages, start=1):
+        contents = page.get_contents()  # decoded once here; extract_text reuses it
+        inflated += len(contents.get_data()) if contents is not None else 0
+        if inflated > max_bytes:
+            raise _beyond(source, max_bytes, f"the content of pages 1-{number} takes {_mib(inflated)} MiB")
+        yield Page(number, _normalize_newlines(page.extract_text() or ""))
 
 
 _HTML_DROPPED_TAGS = ("script", "style", "nav", "head", "noscript", "template", "iframe", "svg")
@@ -123,7 +179,7 @@ _HTML_BLOCK_TAGS = ("p", "div", "section", "article", "main", "header", "footer"
                     "figure", "figcaption", "form", "fieldset", "address", "hr")
 
 
-def _parse_html(data: bytes, source: str) -> tuple[str, list[Page]]:
+def _parse_html(data: bytes, source: str, limits: InflateLimits) -> tuple[str, list[Page]]:
     from bs4 import BeautifulSoup, Comment, Declaration, Doctype, ProcessingInstruction
 
     soup = BeautifulSoup(data, "html.parser")  # bytes: bs4 honours <meta charset> and BOMs
@@ -153,20 +209,21 @@ def _html_title(soup) -> str:
     return title
 
 
-def _parse_markdown(data: bytes, source: str) -> tuple[str, list[Page]]:
+def _parse_markdown(data: bytes, source: str, limits: InflateLimits) -> tuple[str, list[Page]]:
     text = _decode_text(data)
     outside_code = re.sub(r"^(```|~~~).*?^\1", "", text, flags=re.MULTILINE | re.DOTALL)  # "# comment" in code
     heading = re.search(r"^#[ \t]+(.+?)[ \t#]*$", outside_code, flags=re.MULTILINE)
     return (heading.group(1).strip() if heading else ""), [Page(None, text)]
 
 
-def _parse_plain_text(data: bytes, source: str) -> tuple[str, list[Page]]:
+def _parse_plain_text(data: bytes, source: str, limits: InflateLimits) -> tuple[str, list[Page]]:
     return "", [Page(None, _decode_text(data))]
 
 
-def _parse_docx(data: bytes, source: str) -> tuple[str, list[Page]]:
+def _parse_docx(data: bytes, source: str, limits: InflateLimits) -> tuple[str, list[Page]]:
     import docx
 
+    check_zip_inflation(data, source, limits, "DOCX")
     # Damaged packages fail deep inside zipfile/lxml/python-docx with assorted exception types.
     try:
         document = docx.Document(io.BytesIO(data))
@@ -209,7 +266,44 @@ def _docx_table_text(table) -> str:
     return "\n".join(lines)
 
 
-_PARSERS: MappingProxyType[str, Callable[[bytes, str], tuple[str, list[Page]]]] = MappingProxyType({
+def check_zip_inflation(data: bytes, source: str, limits: InflateLimits, kind: str) -> None:
+    """Refuse a ZIP-based file (DOCX, and any later OOXML or EPUB format) that would inflate beyond ``limits``,
+    before its parser opens it: first on what its members declare, then on what they do inflate to, read in
+    bounded chunks and dropped. CPython's zipfile stops a member at its declared size (then fails its CRC);
+    counting here keeps the bound whatever zipfile does."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+            _check_declared_sizes(members, source, limits)
+            inflated = 0
+            for member in members:
+                with archive.open(member) as stream:
+                    while chunk := stream.read(_ZIP_READ_CHUNK):
+                        inflated += len(chunk)
+                        if inflated > limits.max_bytes:
+                            raise _beyond(source, limits.max_bytes, f"{member.filename} inflates past its "
+                                          "declared size")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError,
+            OSError, ValueError) as exc:
+        raise BrokenFileError(source, f"not a {kind} or damaged: {exc}") from exc
+
+
+def _check_declared_sizes(members: list[zipfile.ZipInfo], source: str, limits: InflateLimits) -> None:
+    for member in members:
+        # CPython inflates other methods (bzip2, LZMA) without an output bound per read; OOXML uses only these.
+        if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise BrokenFileError(source, f"{member.filename} uses ZIP compression method {member.compress_type}; "
+                                  "only stored and deflated members are read")
+        ratio = member.file_size / max(member.compress_size, 1)
+        if member.file_size > RATIO_GRACE_BYTES and ratio > limits.max_ratio:
+            raise InflateLimitError(source, f"inflates {ratio:.0f}:1 ({member.filename}), beyond the compression "
+                                    f"ratio limit of {limits.max_ratio:g}:1")
+    declared = sum(member.file_size for member in members)
+    if declared > limits.max_bytes:
+        raise _beyond(source, limits.max_bytes, f"its {len(members)} ZIP members declare {_mib(declared)} MiB")
+
+
+_PARSERS: MappingProxyType[str, Callable[[bytes, str, InflateLimits], tuple[str, list[Page]]]] = MappingProxyType({
     "application/pdf": _parse_pdf,
     "text/html": _parse_html,
     "text/markdown": _parse_markdown,

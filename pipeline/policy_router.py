@@ -11,12 +11,13 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.responses import Response
 
 from guardrails.service import InvalidPolicy, PolicyService
 from services.common.body import json_body_openapi, parse_json_body
 from services.common.errors import APIError, error_body
+from services.common.fields import RequestModel
 
 PREFIX = "/v1/guardrails/configs"
 MAX_TEXT = 1024
@@ -29,25 +30,25 @@ class AdminKeyRequired(APIError):
     error_type = "permission_error"
 
 
-class ValidatePolicy(BaseModel):
+class ValidatePolicy(RequestModel):
     files: Files
 
 
-class CreatePolicy(BaseModel):
+class CreatePolicy(RequestModel):
     id: str = Field(max_length=64)
     files: Files
     comment: str = Field("", max_length=MAX_TEXT)
     author: str = Field("", max_length=256)
 
 
-class UpdatePolicy(BaseModel):
+class UpdatePolicy(RequestModel):
     files: Files
     expected_version: int | None = Field(None, ge=1, description="Refuse (409) if the policy has moved on.")
     comment: str = Field("", max_length=MAX_TEXT)
     author: str = Field("", max_length=256)
 
 
-class RollbackPolicy(BaseModel):
+class RollbackPolicy(RequestModel):
     version: int = Field(ge=1, description="The version whose files become a new current version.")
     expected_version: int | None = Field(None, ge=1)
     comment: str = Field("", max_length=MAX_TEXT)

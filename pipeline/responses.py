@@ -1,5 +1,6 @@
 """Answers in OpenAI's shapes: ``chat.completion`` and SSE ``chat.completion.chunk``, with citations attached
-(on the first chunk) and a final chunk carrying usage and the timing metrics."""
+(on the first chunk; empty when the request turned them off, as the Blueprint's ``enable_citations``) and a final
+chunk carrying usage and the timing metrics."""
 
 from __future__ import annotations
 
@@ -10,14 +11,19 @@ from collections.abc import AsyncIterator
 import orjson
 
 from pipeline.answer import AnswerEvent
-from services.common.errors import APIError
+from services.common.errors import APIError, error_body
 
 
 class AnswerShape:
-    def __init__(self, model: str):
+    def __init__(self, model: str, with_citations: bool = True):
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model
+        self.with_citations = with_citations
+
+    def _citations(self, citations) -> dict:
+        results = [c.as_dict() for c in citations or ()] if self.with_citations else []
+        return {"total_results": len(results), "results": results}
 
     def _chunk(self, delta: dict, finish: str | None = None, **extra) -> dict:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
@@ -28,14 +34,14 @@ class AnswerShape:
             async for event in events:
                 if event.kind == "citations":
                     yield _sse(self._chunk({"role": "assistant", "content": ""},
-                                           citations=_citations(event.citations)))
+                                           citations=self._citations(event.citations)))
                 elif event.kind == "delta":
                     yield _sse(self._chunk({"content": event.text}))
                 else:
                     yield _sse(self._chunk({}, event.finish_reason, usage=event.usage, metrics=event.metrics,
                                            guardrails=event.guardrails))
-        except APIError as exc:  # headers are gone: report in-band
-            yield _sse({"error": {"message": exc.message, "type": exc.error_type, "code": exc.code}})
+        except APIError as exc:  # headers are gone: report in-band, in the one error shape
+            yield b"data: " + error_body(exc) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
     async def whole(self, events: AsyncIterator[AnswerEvent]) -> bytes:
@@ -51,13 +57,8 @@ class AnswerShape:
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
                          "finish_reason": final.finish_reason or "stop"}],
-            "usage": final.usage, "citations": _citations(citations), "metrics": final.metrics,
+            "usage": final.usage, "citations": self._citations(citations), "metrics": final.metrics,
             "guardrails": final.guardrails})
-
-
-def _citations(citations) -> dict:
-    results = [c.as_dict() for c in citations or ()]
-    return {"total_results": len(results), "results": results}
 
 
 def _sse(payload: dict) -> bytes:

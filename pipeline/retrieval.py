@@ -1,5 +1,7 @@
 """Hybrid retrieval: dense (FAISS) and lexical (SQLite FTS5 BM25) fused by reciprocal rank, then reranked.
 
+Several collections are searched as one: each adds its dense and lexical rankings to one fusion (ranks, not
+scores, so collections compare fairly), and the fused candidates of all of them are reranked together.
 Retrieval is the pipeline's own work; only the query embedding and the reranking go to the microservices.
 """
 
@@ -7,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from pipeline.clients import ServiceClients
 from pipeline.documents import Chunk
@@ -17,12 +23,17 @@ RRF_K = 60  # the constant of Cormack et al.'s reciprocal rank fusion
 
 @dataclass
 class Hit:
+    collection: Any  # the pipeline.store.Collection the chunk is in
     chunk_id: int
     chunk: Chunk
     score: float  # the final ranking score (reranker's, or fused)
     dense_rank: int | None = None
     lexical_rank: int | None = None
     rerank_score: float | None = None
+
+    @property
+    def collection_name(self) -> str:
+        return self.collection.name
 
 
 @dataclass
@@ -37,17 +48,17 @@ class SearchOptions:
     reranker_top_k: int
     rerank: bool
     rerank_candidates: int
-    threshold: float
+    threshold: float  # on the reranker's score
     sources: list[str] | None = None
     mode: str = "hybrid"  # "dense", "lexical" or "hybrid"
 
 
-def fuse(rankings: list[list[int]], k: int = RRF_K) -> list[tuple[int, float]]:
+def fuse(rankings: list[list[Hashable]], k: int = RRF_K) -> list[tuple[Hashable, float]]:
     """Reciprocal rank fusion: each list adds 1 / (k + rank) to its ids; ties keep first-seen order."""
-    scores: dict[int, float] = {}
+    scores: dict[Hashable, float] = {}
     for ranking in rankings:
-        for rank, chunk_id in enumerate(ranking, start=1):
-            scores[chunk_id] = scores.get(chunk_id, 0.0) + 1.0 / (k + rank)
+        for rank, key in enumerate(ranking, start=1):
+            scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
     return sorted(scores.items(), key=lambda item: -item[1])
 
 
@@ -61,20 +72,24 @@ class Retriever:
     def __init__(self, clients: ServiceClients):
         self.clients = clients
 
-    async def search(self, collection, query: str, options: SearchOptions) -> SearchResult:
+    async def search(self, collections: Sequence, query: str, options: SearchOptions) -> SearchResult:
+        """The best chunks of ``collections`` for ``query``; a chunk is keyed (collection's position, id)."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        dense, lexical = await asyncio.gather(self._dense(collection, query, options),
-                                              self._lexical(collection, query, options))
+        vector, lexical = await asyncio.gather(
+            self._query_vector(query, options),
+            asyncio.gather(*[self._lexical(c, query, options) for c in collections]))
+        dense = await asyncio.gather(*[self._dense(c, vector, options) for c in collections])
         timings["retrieval_ms"] = elapsed_ms(started)
-        fused = fuse([r for r in ([i for i, _ in dense], [i for i, _ in lexical]) if r])
-        dense_rank = {cid: r for r, (cid, _) in enumerate(dense, 1)}
-        lexical_rank = {cid: r for r, (cid, _) in enumerate(lexical, 1)}
+        rankings = [[(i, cid) for cid, _ in found] for per_kind in (dense, lexical)
+                    for i, found in enumerate(per_kind)]
+        dense_rank = {(i, cid): r for i, found in enumerate(dense) for r, (cid, _) in enumerate(found, 1)}
+        lexical_rank = {(i, cid): r for i, found in enumerate(lexical) for r, (cid, _) in enumerate(found, 1)}
         keep = options.rerank_candidates if options.rerank else options.reranker_top_k
-        ids = [cid for cid, _ in fused[:keep]]
-        chunks = {c.id: c.chunk for c in await asyncio.to_thread(collection.get_chunks, ids)}
-        hits = [Hit(cid, chunks[cid], score, dense_rank.get(cid), lexical_rank.get(cid))
-                for cid, score in fused[:keep] if cid in chunks]
+        candidates = fuse([r for r in rankings if r])[:keep]
+        chunks = await self._chunks(collections, [key for key, _ in candidates])
+        hits = [Hit(collections[key[0]], key[1], chunks[key], score, dense_rank.get(key), lexical_rank.get(key))
+                for key, score in candidates if key in chunks]
         if options.rerank and hits:
             started = time.perf_counter()
             scores = await self.clients.rerank(query, [h.chunk.text for h in hits])
@@ -84,16 +99,45 @@ class Retriever:
             hits = [h for h in sorted(hits, key=lambda h: -h.score) if h.score >= options.threshold]
         return SearchResult(hits[: options.reranker_top_k], timings)
 
-    async def _dense(self, collection, query: str, options: SearchOptions) -> list[tuple[int, float]]:
-        if options.mode == "lexical":
+    async def _query_vector(self, query: str, options: SearchOptions) -> np.ndarray | None:
+        """The query's embedding (once, whatever the number of collections); none for a lexical search."""
+        return None if options.mode == "lexical" else (await self.clients.embed([query], "query"))[0]
+
+    @staticmethod
+    async def _dense(collection, vector: np.ndarray | None, options: SearchOptions) -> list[tuple[int, float]]:
+        if vector is None:
             return []
-        vector = (await self.clients.embed([query], "query"))[0]
         return await asyncio.to_thread(collection.dense_search, vector, options.vdb_top_k, options.sources)
 
-    async def _lexical(self, collection, query: str, options: SearchOptions) -> list[tuple[int, float]]:
+    @staticmethod
+    async def _lexical(collection, query: str, options: SearchOptions) -> list[tuple[int, float]]:
         if options.mode == "dense":
             return []
         return await asyncio.to_thread(collection.lexical_search, query, options.vdb_top_k, options.sources)
+
+    @staticmethod
+    async def _chunks(collections: Sequence, keys: list[tuple[int, int]]) -> dict[tuple[int, int], Chunk]:
+        """The chunks of these (collection position, id) keys; a chunk deleted meanwhile is left out."""
+        wanted: dict[int, list[int]] = {}
+        for i, chunk_id in keys:
+            wanted.setdefault(i, []).append(chunk_id)
+        found = await asyncio.gather(*[asyncio.to_thread(collections[i].get_chunks, ids) for i, ids in wanted.items()])
+        return {(i, stored.id): stored.chunk for i, stored_chunks in zip(wanted, found) for stored in stored_chunks}
+
+
+async def hit_vectors(hits: list[Hit]) -> np.ndarray:
+    """The stored vectors of the hits, one row per hit in order, read from each hit's collection."""
+    positions: dict[str, list[int]] = {}
+    for position, hit in enumerate(hits):
+        positions.setdefault(hit.collection_name, []).append(position)
+    found = await asyncio.gather(*[asyncio.to_thread(hits[where[0]].collection.get_vectors,
+                                                     [hits[p].chunk_id for p in where])
+                                   for where in positions.values()])
+    rows: list[np.ndarray | None] = [None] * len(hits)
+    for where, vectors in zip(positions.values(), found):
+        for position, vector in zip(where, vectors):
+            rows[position] = vector
+    return np.stack(rows)
 
 
 def elapsed_ms(started: float) -> float:

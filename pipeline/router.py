@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from pathlib import PurePosixPath, PureWindowsPath
+import unicodedata
+from collections import Counter
 from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
 
-from pipeline.ingest import IngestItem
+from pipeline.ingest import IngestItem, checked_document_name
 from pipeline.loaders import SUPPORTED_TYPES, parse_bytes
 from pipeline.protocol import (
+    PIPELINE_MODEL,
     ChatRequest,
     CreateCollection,
     GenerateRequest,
@@ -23,13 +25,15 @@ from pipeline.protocol import (
     UploadOptions,
 )
 from pipeline.responses import AnswerShape
-from services.common.body import json_body_openapi, parse_json_body
+from pipeline.settings import PipelineSettings
+from services.common.body import json_body_openapi, parse_json_body, parse_json_text
 from services.common.cancellation import cancel_on_disconnect
 from services.common.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
-    from_validation_errors,
 )
+from services.common.fields import report_ignored
+from services.common.openapi import upload_form_openapi
 
 router = APIRouter()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -73,35 +77,88 @@ async def delete_collection(request: Request, collection_name: Annotated[str, Qu
 
 
 def _safe_name(filename: str | None) -> str:
-    """The base name of an uploaded file (its folders are dropped, never used as paths); '..' is refused."""
-    parts = PureWindowsPath(filename or "").parts + PurePosixPath(filename or "").parts
-    name = PureWindowsPath(PurePosixPath(filename or "").name).name.strip()
-    if not name or name in (".", "..") or ".." in parts or len(name) > 255:
-        raise InvalidRequestError(f"Invalid file name '{filename}'.", param="documents")
-    return name
+    """An uploaded file's name, kept as a relative POSIX path (the CLI sends "a/notes.md" and "b/notes.md": two
+    documents); a name is never used as a path on disk. '..', absolute paths and control characters are refused."""
+    try:
+        return checked_document_name(filename or "")
+    except ValueError as exc:
+        raise InvalidRequestError(f"Invalid file name {filename!r}: {exc}.", param="documents") from None
 
 
-@router.post("/v1/documents")
+@router.post("/v1/documents", openapi_extra=upload_form_openapi("documents", "data", UploadOptions))
 async def upload_documents(request: Request) -> Response:
     service = _service(request)
     limit = service.settings.max_body_bytes
-    form = await request.form(max_files=service.settings.max_files_per_upload, max_part_size=1024 * 1024)
-    try:
-        options = UploadOptions.model_validate_json(form.get("data") or "{}")
-    except ValidationError as exc:
-        raise from_validation_errors(exc.errors(include_url=False)) from None
-    files = [f for f in form.getlist("documents") if isinstance(f, UploadFile)]
-    if not files:
-        raise InvalidRequestError("No files: send them as multipart field 'documents'.", param="documents")
-    items = []
-    for upload in files:
-        name = _safe_name(upload.filename)
+    form = await _upload_form(request, service.settings)
+    options = _upload_options(form)
+    files = form.getlist("documents")
+    if not files or not all(isinstance(f, UploadFile) for f in files):
+        raise InvalidRequestError("No files: send them as multipart field 'documents' (file parts, with a file "
+                                  "name each).", param="documents")
+    _refuse_control_characters([f.filename or "" for f in files], "documents")
+    names = [_safe_name(upload.filename) for upload in files]
+    _refuse_duplicate_names(names)
+    items, parse_limits = [], service.settings.inflate_limits()
+    for upload, name in zip(files, names):
         data = await upload.read()
         if len(data) > limit:
             raise PayloadTooLargeError(limit)
-        items.append(IngestItem(name, lambda data=data, name=name: parse_bytes(data, name)))
+        items.append(IngestItem(name, lambda data=data, name=name: parse_bytes(data, name, limits=parse_limits)))
     chunker = service.chunker(options.split_options.chunk_size, options.split_options.chunk_overlap)
     return _json(await service.start_ingest(options.collection_name, items, chunker, options.blocking))
+
+
+async def _upload_form(request: Request, settings: PipelineSettings) -> FormData:
+    """The upload's multipart form; what Starlette refuses (it raises HTTPException) becomes a 400 that says
+    what is wrong, in the one error shape."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "multipart/form-data":
+        shown = repr(content_type) if content_type else "one without a Content-Type"
+        raise InvalidRequestError(f"An upload is a multipart/form-data request, not {shown}: files in field "
+                                  "'documents', options in field 'data'.", param="documents", code="not_multipart")
+    try:
+        return await request.form(max_files=settings.max_files_per_upload,
+                                  max_part_size=settings.max_form_field_bytes)
+    except StarletteHTTPException as exc:
+        detail = str(exc.detail)
+    if detail.startswith("Too many files"):
+        raise InvalidRequestError(f"Too many files: at most {settings.max_files_per_upload} per upload "
+                                  "(NIMRAG_PIPELINE_MAX_FILES_PER_UPLOAD); send the rest in another upload.",
+                                  param="documents", code="too_many_files")
+    if detail.startswith("Part exceeded"):
+        raise InvalidRequestError(f"A form field is larger than {settings.max_form_field_bytes} bytes "
+                                  "(NIMRAG_PIPELINE_MAX_FORM_FIELD_BYTES); only files may be larger.",
+                                  param="data", code="form_field_too_large")
+    raise InvalidRequestError(f"The multipart form cannot be read: {detail}", param="documents",
+                              code="invalid_multipart")
+
+
+def _upload_options(form: FormData) -> UploadOptions:
+    """The ``data`` field, validated and audited like a JSON body; other form fields are named back as ignored."""
+    values = form.getlist("data")
+    if len(values) > 1 or any(isinstance(v, UploadFile) for v in values):
+        raise InvalidRequestError("Send the options once, as the form field 'data' (a JSON string, not a file).",
+                                  param="data")
+    report_ignored(sorted({key for key in form.keys() if key not in ("documents", "data")}))
+    return parse_json_text(values[0] if values else "{}", UploadOptions)
+
+
+def _refuse_control_characters(names: list[str], param: str) -> None:
+    """A document name is shown in reports, logs and citations: a NUL, a line break or another control
+    character in one is refused, not stored."""
+    for name in names:
+        if any(unicodedata.category(char) == "Cc" for char in name):
+            raise InvalidRequestError(f"The document name {name!r} holds a control character.", param=param,
+                                      code="invalid_document_name")
+
+
+def _refuse_duplicate_names(names: list[str]) -> None:
+    """Two files of one name in one upload would be one document: refused, so that neither is lost."""
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise InvalidRequestError(f"More than one file in this upload is named {', '.join(map(repr, repeated[:5]))}"
+                                  "; a name is one document: send each once (a later upload replaces it).",
+                                  param="documents", code="duplicate_document_name")
 
 
 @router.get("/v1/status")
@@ -119,6 +176,7 @@ async def list_documents(request: Request, collection_name: str | None = None) -
 @router.delete("/v1/documents")
 async def delete_documents(request: Request, document_names: Annotated[list[str], Query(max_length=1000)],
                            collection_name: str | None = None) -> Response:
+    _refuse_control_characters(document_names, "document_names")
     collection = await _service(request).collection(collection_name)
     deleted = [name for name in document_names if await asyncio.to_thread(collection.delete_document, name)]
     missing = sorted(set(document_names) - set(deleted))
@@ -127,14 +185,13 @@ async def delete_documents(request: Request, document_names: Annotated[list[str]
 
 @router.post("/v1/search", openapi_extra=json_body_openapi(SearchRequest))
 async def search(request: Request) -> Response:
-    body = await parse_json_body(request, SearchRequest)
-    return _json(await _service(request).search(body.query, body))
+    return _json(await _service(request).search(await parse_json_body(request, SearchRequest)))
 
 
 async def _answer(request: Request, body: GenerateRequest) -> Response:
     service = _service(request)
     events = await service.answer(body)
-    shape = AnswerShape(body.model or "nimrag-rag")
+    shape = AnswerShape(body.model or PIPELINE_MODEL, with_citations=body.enable_citations)
     if body.stream:
         return StreamingResponse(shape.stream(events), media_type="text/event-stream", headers=SSE_HEADERS)
     return Response(await cancel_on_disconnect(request, shape.whole(events)), media_type="application/json")
@@ -151,5 +208,5 @@ async def chat_completions(request: Request) -> Response:
 
 
 @router.get("/v1/supported-types")
-async def supported_types() -> dict:
-    return {"types": SUPPORTED_TYPES}
+async def supported_types() -> Response:
+    return _json({"types": dict(SUPPORTED_TYPES)})  # the read-only mapping is not JSON itself

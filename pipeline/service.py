@@ -14,8 +14,8 @@ from pipeline.chunking import Chunker
 from pipeline.clients import DependencyError, ServiceClients
 from pipeline.ingest import FileReport, IngestItem, Ingestor
 from pipeline.metrics import PipelineMetrics
-from pipeline.protocol import GenerateRequest, GuardrailsOptions, RetrievalKnobs
-from pipeline.retrieval import Retriever, SearchOptions
+from pipeline.protocol import PIPELINE_MODEL, GenerateRequest, RetrievalKnobs, SearchRequest
+from pipeline.retrieval import Retriever, SearchOptions, retrieval_query
 from pipeline.settings import PipelineSettings
 from pipeline.store import (
     Catalog,
@@ -29,9 +29,8 @@ from services.common.metrics import ServiceMetrics
 
 
 class CollectionMissing(NotFoundError):
-    def __init__(self, name: str):
-        super().__init__(f"Collection '{name}' does not exist.", param="collection_name",
-                         code="collection_not_found")
+    def __init__(self, name: str, param: str = "collection_name"):
+        super().__init__(f"Collection '{name}' does not exist.", param=param, code="collection_not_found")
 
 
 class CollectionConflict(APIError):
@@ -64,15 +63,15 @@ class PipelineService:
         await asyncio.to_thread(self.tasks.close)
 
     # --- collections ------------------------------------------------------------------------------------------
-    async def collection(self, name: str | None):
+    async def collection(self, name: str | None, param: str = "collection_name"):
         """An existing collection (opening one may rebuild its index from SQLite: off the event loop)."""
         name = name or self.settings.default_collection
         try:
             return await asyncio.to_thread(self.catalog.open, name)
         except CollectionNotFound:
-            raise CollectionMissing(name) from None
+            raise CollectionMissing(name, param) from None
         except InvalidCollectionName as exc:
-            raise InvalidRequestError(str(exc), param="collection_name") from None
+            raise InvalidRequestError(str(exc), param=param) from None
 
     async def create_collection(self, name: str, index_kind: str = "flat") -> dict:
         dimension = (await self.clients.embed(["dimension probe"], "passage")).shape[1]
@@ -147,49 +146,96 @@ class PipelineService:
         return status
 
     # --- retrieval and answers --------------------------------------------------------------------------------
+    async def collections_for(self, knobs: RetrievalKnobs) -> list:
+        """The collections a search or answer names (``collection_names``, or ``collection_name``, or the
+        default), all opened: a missing one is a 404 naming it."""
+        names = knobs.requested_collections() or [self.settings.default_collection]
+        limit = self.settings.max_collections_per_query
+        if len(names) > limit:
+            raise InvalidRequestError(f"{len(names)} collections named; at most {limit} are searched at once "
+                                      "(NIMRAG_PIPELINE_MAX_COLLECTIONS_PER_QUERY).", param="collection_names",
+                                      code="too_many_collections")
+        param = "collection_names" if knobs.collection_names else "collection_name"
+        return [await self.collection(name, param) for name in names]
+
+    async def check_models(self, knobs: RetrievalKnobs) -> None:
+        """The Blueprint's per-request embedding and reranker models, accepted when they are the served ones."""
+        for field, service in (("embedding_model", "embed"), ("reranker_model", "rerank")):
+            asked = getattr(knobs, field)
+            if asked and asked != (served := await self.clients.model(service)):
+                raise InvalidRequestError(f"The {field} '{asked}' is not served here: the pipeline uses its {service} "
+                                          f"service's model '{served}' only.", param=field, code="model_not_served")
+
     def search_options(self, knobs: RetrievalKnobs) -> SearchOptions:
         s = self.settings
         rerank = s.enable_reranker if knobs.enable_reranker is None else knobs.enable_reranker
+        if knobs.confidence_threshold and not rerank:
+            raise InvalidRequestError("confidence_threshold applies to the reranker's scores, and reranking is off "
+                                      "for this request.", param="confidence_threshold",
+                                      code="threshold_needs_reranker")
+        threshold = s.relevance_threshold if knobs.confidence_threshold is None else knobs.confidence_threshold
         return SearchOptions(vdb_top_k=knobs.vdb_top_k or s.vdb_top_k,
                              reranker_top_k=knobs.reranker_top_k or s.reranker_top_k, rerank=rerank,
-                             rerank_candidates=s.rerank_candidates, threshold=s.relevance_threshold,
+                             rerank_candidates=s.rerank_candidates, threshold=threshold,
                              sources=knobs.filter.sources if knobs.filter else None, mode=knobs.search_mode)
 
-    async def search(self, query: str, knobs: RetrievalKnobs) -> dict:
-        collection = await self.collection(knobs.collection_name)
-        result = await self.retriever.search(collection, query, self.search_options(knobs))
+    async def search(self, request: SearchRequest) -> dict:
+        collections = await self.collections_for(request)
+        options = self.search_options(request)
+        await self.check_models(request)
+        result = await self.retriever.search(collections, retrieval_query(request.turns()), options)
         return {"total_results": len(result.hits), "timings_ms": result.timings_ms, "results": [
-            {"document_id": str(h.chunk_id), "document_name": h.chunk.source, "content": h.chunk.text,
-             "score": h.score, "metadata": {"page": h.chunk.page, "chunk_index": h.chunk.index,
-                                            "title": h.chunk.title, "dense_rank": h.dense_rank,
-                                            "lexical_rank": h.lexical_rank, "collection": collection.name}}
+            {"document_id": str(h.chunk_id), "document_name": h.chunk.source, "collection_name": h.collection_name,
+             "content": h.chunk.text, "score": h.score,
+             "metadata": {"page": h.chunk.page, "chunk_index": h.chunk.index, "title": h.chunk.title,
+                          "dense_rank": h.dense_rank, "lexical_rank": h.lexical_rank}}
             for h in result.hits]}
+
+    async def llm_params(self, request: GenerateRequest) -> dict:
+        """The LLM call's parameters: the request's, the settings' where it says nothing."""
+        s = self.settings
+        params = {"max_tokens": request.max_tokens or s.max_tokens,
+                  "temperature": s.temperature if request.temperature is None else request.temperature}
+        if request.top_p:
+            params["top_p"] = request.top_p
+        if request.stop:
+            params["stop"] = request.stop
+        if request.model not in (None, PIPELINE_MODEL):
+            params["model"] = await self.clients.llm_model_for(request.model, PIPELINE_MODEL)
+        return params
 
     async def answer(self, request: GenerateRequest):
         """Answer events for a request: with the knowledge base, or the LLM alone when it is turned off; through
         the request's guardrails policy unless turned off."""
-        turns = [m.model_dump() for m in request.messages]
-        max_tokens = request.max_tokens or self.settings.max_tokens
-        temperature = self.settings.temperature if request.temperature is None else request.temperature
-        collection = await self.collection(request.collection_name) if request.use_knowledge_base else None
-        policy = await self.policy_for(request.guardrails)
+        turns = [m.turn() for m in request.messages]
+        # What the request itself names is checked first (no service called), then what the services serve.
+        collections = await self.collections_for(request) if request.use_knowledge_base else None
+        options = self.search_options(request) if collections else None
+        policy = await self.policy_for(request)
+        params = await self.llm_params(request)
+        await self.check_models(request)
         verdict = policy.verdict() if policy else None
         if policy:
             await policy.check_input(turns[-1]["content"], verdict)
             if verdict.blocked_by:
                 return self._observed(refusal(verdict))
-        if collection is None:
-            params = {"max_tokens": max_tokens, "temperature": temperature,
-                      **({"top_p": request.top_p} if request.top_p else {})}
+        if collections is None:
             return self._observed(self._plain_answer(turns, params, policy, verdict))
-        events = self.answerer.answer(collection, turns, self.search_options(request), max_tokens, temperature,
-                                      request.top_p, policy, verdict)
-        return self._observed(events)
+        return self._observed(self.answerer.answer(collections, turns, options, params, policy, verdict))
 
-    async def policy_for(self, options: GuardrailsOptions) -> PolicyRuntime | None:
-        if not (self.settings.guardrails_enabled and options.enabled):
+    async def policy_for(self, request: GenerateRequest) -> PolicyRuntime | None:
+        """The request's guardrails policy, or None when guardrails are off (for the request, or the server: a
+        request asking for them on a server that turned them off is refused rather than answered unguarded)."""
+        wanted = request.guardrails_choice()
+        if wanted is False:
             return None
-        policy_id = options.config_id or self.settings.guardrails_default_policy
+        if not self.settings.guardrails_enabled:
+            if wanted or request.guardrails.config_id:
+                raise InvalidRequestError("Guardrails are turned off on this server "
+                                          "(NIMRAG_PIPELINE_GUARDRAILS_ENABLED=false).", param="enable_guardrails",
+                                          code="guardrails_disabled")
+            return None
+        policy_id = request.guardrails.config_id or self.settings.guardrails_default_policy
         with api_errors():
             try:
                 return await self.guardrails.policy(policy_id)

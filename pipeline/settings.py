@@ -8,6 +8,11 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from pipeline.loaders import (
+    DEFAULT_MAX_COMPRESSION_RATIO,
+    DEFAULT_MAX_INFLATED_BYTES,
+    InflateLimits,
+)
 from services.common.settings import ServiceSettings
 
 
@@ -32,6 +37,8 @@ class PipelineSettings(ServiceSettings):
     reranker_top_k: int = Field(5, ge=1, le=100, description="Chunks kept after reranking (Blueprint's name).")
     enable_reranker: bool = True
     rerank_candidates: int = Field(40, ge=1, le=512, description="Fused candidates sent to the reranker.")
+    max_collections_per_query: int = Field(5, ge=1, le=64, description="Collections one search or answer may "
+                                           "name in collection_names (the Blueprint's limit is 5).")
     # Calibrated for the bundled late-interaction reranker (bench.retrieval_quality): at 0.45, 99% of SciFact's and
     # 100% of Cranfield's own questions keep a passage, and 88% / 98% of other sets' questions asked of them get
     # "nothing relevant". A cross-encoder's logits need their own value.
@@ -45,10 +52,29 @@ class PipelineSettings(ServiceSettings):
     temperature: float = Field(0.2, ge=0, le=2)
     max_body_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest request (uploads) before 413.")
     max_files_per_upload: int = Field(100, ge=1)
+    max_form_field_bytes: int = Field(1024 * 1024, ge=1024, description="Largest form field of an upload other "
+                                      "than its files (the options in 'data').")
+    # Parsing decompresses (DOCX is a ZIP, PDF streams are deflated): a 1 MB file can inflate to gigabytes.
+    max_inflated_bytes: int = Field(DEFAULT_MAX_INFLATED_BYTES, ge=1024 * 1024, description="What parsing one "
+                                    "document may decompress in all (ZIP members, PDF streams); beyond: failed.")
+    max_compression_ratio: float = Field(DEFAULT_MAX_COMPRESSION_RATIO, ge=2, description="Largest uncompressed "
+                                         "to compressed size of a ZIP member over 1 MiB; beyond: failed.")
+    max_concurrent_parses: int = Field(2, ge=1, le=64, description="Documents parsed at once (each may hold up to "
+                                       "max_inflated_bytes while parsed); the others wait.")
     max_question_chars: int = Field(8192, ge=1)
     request_timeout_s: float = Field(300, gt=0)
+    dependency_retries: int = Field(2, ge=0, le=10, description="Tries again when a microservice is unreachable "
+                                    "or busy (429/503) and asks for a wait of at most dependency_retry_max_wait_s.")
+    dependency_retry_max_wait_s: float = Field(2.0, ge=0, description="Longer waits go back to the client as "
+                                               "503 with the service's Retry-After, at once.")
+    ingest_backoff_max_s: float = Field(300.0, ge=0, description="Ingestion has no client waiting on each "
+                                        "embedding call: when the embed service is busy (429/503) it waits as "
+                                        "asked, up to this long in all per batch, before the files fail.")
     # Guardrails policy editing (/v1/guardrails/configs): off until an admin key is set.
     admin_api_key: str = Field("", description="Bearer key that may change guardrails policies; empty: no editing.")
     guardrails_allow_python: bool = Field(False, description="Accept uploaded policies carrying Python code "
                                           "(actions.py, config.py): the pipeline runs it.")
     guardrails_max_policy_bytes: int = Field(1024 * 1024, ge=1024, description="Largest policy (all its files).")
+
+    def inflate_limits(self) -> InflateLimits:
+        return InflateLimits(self.max_inflated_bytes, self.max_compression_ratio)

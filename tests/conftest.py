@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from nimrag.platform import Platform
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -70,13 +72,13 @@ def start_service(service: str, tmp_dir: Path, env: dict[str, str] | None = None
     return svc
 
 
-def wait_until_ready(svc: ServiceProcess, timeout_s: float = 180) -> None:
+def wait_until_ready(svc: ServiceProcess, timeout_s: float = 180, health: str = "/v1/health/ready") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if svc.process.poll() is not None:
             raise RuntimeError(f"{svc.name} exited with {svc.process.returncode}:\n{svc.log()[-4000:]}")
         try:
-            status = httpx.get(svc.base_url + "/v1/health/ready", timeout=2).status_code
+            status = httpx.get(svc.base_url + health, timeout=2).status_code
             svc.ready_statuses.append(status)
             if status == 200:
                 return
@@ -105,3 +107,23 @@ def embed_service(service_tmp) -> Iterator[ServiceProcess]:
     svc = start_service("embed", service_tmp)
     yield svc
     svc.stop()
+
+
+UPLOAD_LIMIT = 2 * 1024 * 1024  # the platform's pipeline body limit
+ADMIN_KEY = "test-admin-key"  # lets tests edit guardrails policies
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory) -> Iterator[Platform]:
+    """The whole platform as ``nimrag up`` runs it: embed, rerank, LLM and pipeline processes on loopback."""
+    data = tmp_path_factory.mktemp("pipeline-data")
+    ports = {name: free_port() for name in ("embed", "rerank", "llm", "pipeline")}
+    running = Platform(ports=ports, json_logs=True, env={
+        "NIMRAG_PIPELINE_DATA_PATH": str(data), "NIM_CACHE_PATH": str(model_cache()),
+        "NIMRAG_PIPELINE_MAX_BODY_BYTES": str(UPLOAD_LIMIT), "NIMRAG_PIPELINE_ADMIN_API_KEY": ADMIN_KEY})
+    running.data_path = Path(data)
+    try:
+        running.start(timeout_s=300)
+        yield running
+    finally:
+        running.stop()

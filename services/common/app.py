@@ -9,12 +9,14 @@ import platform
 from collections.abc import Sequence
 
 from fastapi import APIRouter, FastAPI, Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from services.common.errors import install_error_handlers
 from services.common.hardware import HardwareInfo, probe
+from services.common.memory import MemoryBound
 from services.common.metrics import ServiceMetrics
 from services.common.middleware import RequestContextMiddleware
+from services.common.openapi import install_openapi
 from services.common.profiles import Profile, select_profile
 from services.common.serving import ModelServing
 from services.common.settings import ServiceSettings
@@ -55,7 +57,7 @@ def probe_router(check_ready=None) -> APIRouter:
     async def version() -> dict:
         return {"release": package_version(), "api": API_VERSION}
 
-    @router.get("/v1/metrics")
+    @router.get("/v1/metrics", response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
         body = request.app.state.metrics.render()
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -90,12 +92,26 @@ def common_router() -> APIRouter:
     return router
 
 
+def model_endpoint_errors(model_paths: set[str]):
+    """The errors a model service's endpoints answer beyond the shared ones (services.common.openapi): the model
+    endpoints 404 (unknown model), 429 (queue full) and 503 (still loading); readiness 503."""
+
+    def extra(path: str, method: str, operation: dict) -> set[int]:
+        if path in model_paths:
+            return {404, 429, 503}
+        return {503} if path == "/v1/health/ready" else set()
+
+    return extra
+
+
 def create_service_app(*, title: str, settings: ServiceSettings, serving: ModelServing, metrics: ServiceMetrics,
                        routers: Sequence[APIRouter]) -> FastAPI:
     """Build a service: the model starts loading when the server starts; /v1/health/ready says when it is done."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        memory = MemoryBound.from_settings(settings)
+        memory.start()  # before the engine's threads make their malloc arenas
         loader = asyncio.create_task(serving.load(), name="model-load")
         try:
             yield
@@ -104,6 +120,7 @@ def create_service_app(*, title: str, settings: ServiceSettings, serving: ModelS
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
             await serving.stop()
+            await memory.stop()
 
     app = FastAPI(title=title, version=package_version(), lifespan=lifespan)
     app.state.settings = settings
@@ -114,6 +131,7 @@ def create_service_app(*, title: str, settings: ServiceSettings, serving: ModelS
     app.include_router(common_router())
     for router in routers:
         app.include_router(router)
+    install_openapi(app, model_endpoint_errors({route.path for router in routers for route in router.routes}))
     app.add_middleware(RequestContextMiddleware, metrics=metrics, api_keys=settings.api_key_list,
                        max_body_bytes=settings.max_body_bytes, tracer=make_tracer(serving.service))
     return app

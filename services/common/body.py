@@ -12,20 +12,34 @@ from starlette.responses import Response
 
 from services.common.cancellation import cancel_on_disconnect
 from services.common.errors import from_validation_errors
+from services.common.fields import check_fields
+from services.common.openapi import schema_ref, streamed_answer_openapi
 
 M = TypeVar("M", bound=BaseModel)
 
 
-async def parse_json_body(request: Request, model: type[M]) -> M:
+def parse_json_text(text: str | bytes, model: type[M]) -> M:
+    """Validate JSON as ``model``: 400/422 in the one error shape; unsupported fields refused, unknown ones named."""
     try:
-        return model.model_validate_json(await request.body())
+        body = model.model_validate_json(text)
     except ValidationError as exc:
         raise from_validation_errors(exc.errors(include_url=False)) from None
+    check_fields(body)
+    return body
+
+
+async def parse_json_body(request: Request, model: type[M]) -> M:
+    return parse_json_text(await request.body(), model)
 
 
 def json_body_openapi(model: type[BaseModel]) -> dict:
-    """``openapi_extra`` that documents a body parsed with :func:`parse_json_body`."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+    """``openapi_extra`` that documents a body parsed with :func:`parse_json_body` (its schema goes to
+    ``components/schemas``: see services.common.openapi); a body with a ``stream`` field may be answered with
+    server-sent events."""
+    extra = {"requestBody": {"required": True, "content": {"application/json": {"schema": schema_ref(model)}}}}
+    if "stream" in model.model_fields:
+        extra["responses"] = streamed_answer_openapi()
+    return extra
 
 
 async def json_endpoint(request: Request, model: type[M], work: Callable[[M], Awaitable[bytes]]) -> Response:

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -107,6 +108,18 @@ class QueueFullError(APIError):
                          f"{retry_after_s} s.", code="queue_full", headers={"Retry-After": str(retry_after_s)})
 
 
+class QueueWaitTooLongError(APIError):
+    """The work queued ahead would not finish within the configured maximum wait; retry later (429)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, expected_s: float, limit_s: float, retry_after_s: int):
+        super().__init__(f"The service is overloaded: this request would wait about {expected_s:.1f} s, more than "
+                         f"the limit of {limit_s:g} s; retry after {retry_after_s} s.", code="queue_wait_too_long",
+                         headers={"Retry-After": str(retry_after_s)})
+
+
 class ServiceNotReadyError(APIError):
     """The model is still loading or failed to load (503)."""
 
@@ -131,6 +144,19 @@ class ClientDisconnected(APIError):
 class InternalError(APIError):
     status_code = 500
     error_type = "internal_server_error"
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str
+
+
+class ErrorResponse(BaseModel):
+    """The body of every non-2xx answer, as :func:`error_body` writes it (documented in the OpenAPI documents)."""
+
+    error: ErrorDetail
 
 
 def error_body(err: APIError) -> bytes:
@@ -168,7 +194,8 @@ def from_validation_errors(errors: list[dict[str, Any]]) -> APIError:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Route every exception a request can raise into the one error shape; nothing escapes as a bare 500."""
+    """Route every exception a request can raise into the one error shape; nothing escapes as a bare 500. Call it
+    before adding RequestContextMiddleware, so that a 500 passes through that (request id, metrics, log)."""
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> Response:
@@ -188,7 +215,46 @@ def install_error_handlers(app: FastAPI) -> None:
         err.status_code = exc.status_code
         return error_response(err)
 
+    # Last resort, for a failure outside UnexpectedErrorMiddleware: Starlette's ServerErrorMiddleware answers with
+    # this, then re-raises, and the server drops the connection.
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
-        app.state.logger.exception("unhandled error", exc_info=exc)
-        return error_response(InternalError("Internal error; the request id in the logs has the details."))
+        return internal_error(app, exc)
+
+    app.add_middleware(UnexpectedErrorMiddleware, fastapi_app=app)
+
+
+def internal_error(app: FastAPI, exc: BaseException) -> Response:
+    app.state.logger.exception("unhandled error", exc_info=exc)
+    return error_response(InternalError("Internal error; the request id in the logs has the details."))
+
+
+class UnexpectedErrorMiddleware:
+    """Answers an unexpected exception with a clean 500 in the error shape, and the connection stays usable.
+
+    Starlette hands ``Exception`` to its outermost ServerErrorMiddleware, which re-raises after answering, and
+    uvicorn then closes the keep-alive connection without ``Connection: close``: the client's next request on it
+    fails. Here the exception ends with the answer. Once a (streamed) answer has started, nothing can be answered
+    any more: the exception goes on and the connection is closed, which is how the client learns the stream broke.
+    """
+
+    def __init__(self, app, *, fastapi_app: FastAPI):
+        self.app = app
+        self.fastapi_app = fastapi_app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_watched(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_watched)
+        except Exception as exc:
+            if started:
+                raise
+            await internal_error(self.fastapi_app, exc)(scope, receive, send)

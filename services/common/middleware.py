@@ -12,6 +12,7 @@ import uuid
 from opentelemetry import trace
 
 from services.common.errors import APIError, AuthenticationError, PayloadTooLargeError, error_response
+from services.common.fields import IGNORED_FIELDS_HEADER, ignored_fields_var, ignored_header_value
 from services.common.logs import request_id_var
 from services.common.metrics import ServiceMetrics
 
@@ -37,6 +38,8 @@ class RequestContextMiddleware:
         supplied = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        ignored_fields: list[str] = []
+        fields_token = ignored_fields_var.set(ignored_fields)
         status = {"code": 500}
         started = time.perf_counter()
 
@@ -44,6 +47,9 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                if ignored_fields:  # named back, as vLLM logs them: see services.common.fields
+                    message["headers"].append((IGNORED_FIELDS_HEADER.encode(),
+                                               ignored_header_value(ignored_fields)))
             await send(message)
 
         self.metrics.in_flight.inc()
@@ -70,6 +76,7 @@ class RequestContextMiddleware:
             self.log.info("request", extra={"method": scope["method"], "path": scope["path"],
                                             "status": status["code"], "ms": round(elapsed * 1000, 2)})
             request_id_var.reset(token)
+            ignored_fields_var.reset(fields_token)
 
     def _check_auth(self, path: str, headers: dict[bytes, bytes]) -> APIError | None:
         if not self.api_keys or path in OPEN_PATHS:

@@ -112,13 +112,18 @@ class BatchedServing(ModelServing):
         wait_ms = profile.batch_wait_ms if settings.max_batch_wait_ms is None else settings.max_batch_wait_ms
         limits = BatchLimits(max_items=settings.max_batch_items or profile.max_batch_items,
                              max_tokens=profile.max_batch_tokens, max_wait_s=wait_ms / 1000,
-                             max_queue_items=settings.max_queue_items, max_padding_ratio=profile.max_padding_ratio)
+                             max_queue_items=settings.max_queue_items, max_padding_ratio=profile.max_padding_ratio,
+                             max_queue_wait_s=settings.max_queue_wait_s)
         self.batcher = DynamicBatcher(self.run_batch, limits, self.metrics, name=self.service)
         self.batcher.start()
 
     async def stop(self) -> None:
         if self.batcher:
             await self.batcher.stop()
+
+    def admit(self, items: int) -> None:
+        """Refuse (429) before any tokenizing when the queue is already too full or too long to wait behind."""
+        self.batcher.admit(items)
 
     @staticmethod
     async def off_loop_if(large: bool, work, *args):

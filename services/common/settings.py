@@ -65,6 +65,14 @@ class ServiceSettings(BaseSettings):
     max_batch_items: int | None = Field(None, ge=1, description="Override the profile's items per engine batch.")
     max_batch_wait_ms: float | None = Field(None, ge=0, description="Hold a not-full batch this long for more "
                                             "work (default: the profile's).")
+    max_queue_wait_s: float = Field(10.0, gt=0, description="Embed and rerank: refuse (429 + Retry-After) work "
+                                    "expected to wait longer than this behind what is queued, judged by measured "
+                                    "throughput; below common client timeouts, so admitted work finishes.")
+    memory_bound: bool = Field(True, description="Bound resident memory (services.common.memory): shrink ONNX "
+                               "Runtime's arena after each run, cap glibc's arenas, return freed memory when idle.")
+    malloc_arena_max: int = Field(2, ge=1, description="With the bound: most glibc malloc arenas.")
+    memory_trim_interval_s: float = Field(10.0, gt=0, description="With the bound: seconds between looks at "
+                                          "the CPU time; the first idle interval after a busy one trims.")
     log_level: str = "INFO"
     json_logs: bool = True
 

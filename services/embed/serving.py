@@ -117,6 +117,7 @@ class EmbeddingServing(BatchedServing):
         texts = self._texts(request.input)
         prefix = self._prefix(request.input_type or suffix_type)
         dims = self._dimensions(request.dimensions)
+        self.admit(len(texts))
         ids = await self._tokenize([prefix + t for t in texts] if prefix else texts, request.truncate)
         vectors = np.stack(await self.batcher.submit(ids, [len(x) for x in ids]))
         tokens = sum(map(len, ids))

@@ -1,22 +1,121 @@
 """Request bodies of the LLM service: OpenAI's chat and completions, with NIM's ``nvext`` extensions.
 
-NIM's extensions are accepted inside ``nvext`` and at the top level (as vLLM accepts them); unknown fields are
-ignored, as OpenAI-compatible servers do, so newer clients keep working.
+NIM's extensions are accepted inside ``nvext`` and at the top level (as vLLM accepts them). Fields OpenAI, NIM or
+vLLM define that nimrag does not implement are listed in each request's ``unsupported_fields`` (a 400 naming the
+field, unless its value asks for nothing); any other unknown field is ignored and named back
+(:mod:`services.common.fields`).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from services.common.fields import INT32_MAX, RequestModel, Unsupported
 
 MAX_LOGPROBS = 20
+TokenCount = Annotated[int, Field(ge=1, le=INT32_MAX)]
 
 
-class NvExt(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+# --- known but unsupported fields ------------------------------------------------------------------------------
+# What OpenAI's chat/completions and completions, NIM for LLMs and vLLM (NIM's engine) define beyond the fields
+# declared below. Each is a 400 naming it, unless its value asks for nothing (None, or a listed harmless value).
+_TOOLS = "tool and function calling are not implemented"
 
-    top_k: int | None = Field(None, ge=-1)
+# vLLM's sampling and serving extensions, which NIM accepts at the top level and inside nvext.
+_EXTENSIONS = {
+    "guided_grammar": Unsupported("context-free grammars are not implemented; use guided_json, guided_choice "
+                                  "or response_format"),
+    "guided_decoding_backend": Unsupported("the grammar backend is the engine's own (llama.cpp: llguidance)"),
+    "guided_whitespace_pattern": Unsupported("the JSON grammar's whitespace is the engine's own"),
+    "structural_tag": Unsupported("structural tags are not implemented"),
+    "min_tokens": Unsupported("a minimum completion length is not implemented (llama.cpp has none)",
+                              harmless=(0,)),
+    "stop_token_ids": Unsupported("stop token ids are not implemented; use stop strings", harmless=([],)),
+    "bad_words": Unsupported("banned words are not implemented; use logit_bias", harmless=([],)),
+    "allowed_token_ids": Unsupported("restricting the vocabulary is not implemented; use logit_bias or "
+                                     "guided_choice"),
+    "include_stop_str_in_output": Unsupported("the stop string is always left out", harmless=(False,)),
+    "skip_special_tokens": Unsupported("special tokens are always left out of the text", harmless=(True,)),
+    "spaces_between_special_tokens": Unsupported("special tokens are always left out of the text",
+                                                 harmless=(True,)),
+    "truncate_prompt_tokens": Unsupported("prompts are never truncated: one that does not fit is a 400"),
+    "prompt_logprobs": Unsupported("logprobs of prompt tokens are not implemented"),
+    "use_beam_search": Unsupported("beam search is not implemented", harmless=(False,)),
+    "length_penalty": Unsupported("beam search is not implemented", harmless=(1,)),
+    "logits_processors": Unsupported("custom logits processors are not loaded"),
+    "return_tokens_as_token_ids": Unsupported("logprobs name tokens by their text", harmless=(False,)),
+    "return_token_ids": Unsupported("answers carry text, not token ids", harmless=(False,)),
+    "priority": Unsupported("requests are served first come, first served", harmless=(0,)),
+    "cache_salt": Unsupported("the prompt cache is not salted per request"),
+    "kv_transfer_params": Unsupported("disaggregated serving is not implemented"),
+    "vllm_xargs": Unsupported("vLLM's custom extension arguments are not read"),
+    "mm_processor_kwargs": Unsupported("this service serves text-only models"),
+}
+
+# Fields both OpenAI APIs define.
+_SHARED = {
+    **_EXTENSIONS,
+    **{f"nvext.{name}": unsupported for name, unsupported in _EXTENSIONS.items()},
+    "service_tier": Unsupported("there is one service tier", harmless=("auto", "default")),
+    "store": Unsupported("completions are not stored", harmless=(False,)),
+    "metadata": Unsupported("completions are not stored, so there is nothing to tag", harmless=({},)),
+    "stream_options.include_obfuscation": Unsupported("stream events are not padded", harmless=(False,)),
+    "stream_options.continuous_usage_stats": Unsupported("usage comes in the last chunk only", harmless=(False,)),
+}
+
+CHAT_UNSUPPORTED: dict[str, Unsupported] = {
+    **_SHARED,
+    "tools": Unsupported(_TOOLS, harmless=([],)),
+    "tool_choice": Unsupported(_TOOLS, harmless=("none",)),
+    # Only meaningful with tools, and a request that has tools is refused for them.
+    "parallel_tool_calls": Unsupported(_TOOLS, harmless=(True, False)),
+    "functions": Unsupported(_TOOLS, harmless=([],)),
+    "function_call": Unsupported(_TOOLS, harmless=("none",)),
+    "messages[].tool_calls": Unsupported(_TOOLS, harmless=([],)),
+    "messages[].tool_call_id": Unsupported(_TOOLS),
+    "messages[].function_call": Unsupported(_TOOLS),
+    "messages[].audio": Unsupported("audio is not implemented"),
+    "messages[].refusal": Unsupported("refusal messages are not implemented"),
+    "messages[].annotations": Unsupported("annotations (citations) are not implemented", harmless=([],)),
+    "audio": Unsupported("audio output is not implemented"),
+    "modalities": Unsupported("only text is generated", harmless=(["text"],)),
+    "prediction": Unsupported("predicted outputs are not implemented"),
+    "reasoning_effort": Unsupported("the model does not reason"),
+    "verbosity": Unsupported("answer length is set by max_tokens", harmless=("medium",)),
+    "web_search_options": Unsupported("web search is not implemented"),
+    "best_of": Unsupported("best_of is a completions field", harmless=(1,)),
+    "echo": Unsupported("echoing the last message is not implemented", harmless=(False,)),
+    "add_generation_prompt": Unsupported("the assistant's turn is always opened", harmless=(True,)),
+    "continue_final_message": Unsupported("continuing the last message is not implemented", harmless=(False,)),
+    "add_special_tokens": Unsupported("the chat template places the special tokens", harmless=(False,)),
+    "documents": Unsupported("chat-template documents are not implemented; put them in a message"),
+    "chat_template": Unsupported("the model's own chat template is always used"),
+    "chat_template_kwargs": Unsupported("the chat template takes no arguments here", harmless=({},)),
+}
+
+COMPLETION_UNSUPPORTED: dict[str, Unsupported] = {
+    **_SHARED,
+    "suffix": Unsupported("fill-in-the-middle is not implemented", harmless=("",)),
+    "prompt_embeds": Unsupported("prompts are text or token ids"),
+    "add_special_tokens": Unsupported("special tokens (BOS) are added as the model expects", harmless=(True,)),
+}
+
+TOKENIZE_UNSUPPORTED: dict[str, Unsupported] = {
+    "add_special_tokens": Unsupported("special tokens (BOS) are added as the model expects", harmless=(True,)),
+    "add_generation_prompt": Unsupported("the assistant's turn is always opened", harmless=(True,)),
+    "continue_final_message": Unsupported("continuing the last message is not implemented", harmless=(False,)),
+    "chat_template": Unsupported("the model's own chat template is always used"),
+    "chat_template_kwargs": Unsupported("the chat template takes no arguments here", harmless=({},)),
+    "tools": Unsupported(_TOOLS, harmless=([],)),
+    "return_token_strs": Unsupported("token strings are not returned", harmless=(False,)),
+    "mm_processor_kwargs": Unsupported("this service serves text-only models"),
+}
+
+
+class NvExt(RequestModel):
+    top_k: int | None = Field(None, ge=-1, le=INT32_MAX)
     repetition_penalty: float | None = Field(None, gt=0, le=10)
     min_p: float | None = Field(None, ge=0, le=1)
     ignore_eos: bool | None = None
@@ -32,14 +131,14 @@ class NvExt(BaseModel):
         return v
 
 
-class JsonSchemaFormat(BaseModel):
+class JsonSchemaFormat(RequestModel):
     name: str = Field("response", max_length=64)
     description: str | None = None
     schema_: dict = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(RequestModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
@@ -50,7 +149,7 @@ class ResponseFormat(BaseModel):
         return self
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(RequestModel):
     include_usage: bool = False
 
 
@@ -58,7 +157,7 @@ class SamplingRequest(NvExt):
     """Fields chat and completions share (OpenAI's, then NIM's extensions at the top level)."""
 
     model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: TokenCount | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=128)
@@ -87,14 +186,12 @@ class SamplingRequest(NvExt):
         return inner if inner is not None else getattr(self, name)
 
 
-class TextPart(BaseModel):
+class TextPart(RequestModel):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatMessage(RequestModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = Field(None, max_length=64)
@@ -112,10 +209,10 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(SamplingRequest):
-    model_config = ConfigDict(extra="ignore")
+    unsupported_fields = CHAT_UNSUPPORTED
 
     messages: list[ChatMessage] = Field(..., min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: TokenCount | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
@@ -133,13 +230,13 @@ class ChatCompletionRequest(SamplingRequest):
 
 
 class CompletionRequest(SamplingRequest):
-    model_config = ConfigDict(extra="ignore")
+    unsupported_fields = COMPLETION_UNSUPPORTED
 
+    # Token ids are checked against the model's vocabulary in the serving layer, which names the wrong one.
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
-    suffix: str | None = None
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    best_of: int | None = Field(None, ge=1)
+    best_of: int | None = Field(None, ge=1, le=128)
 
     @field_validator("prompt")
     @classmethod
@@ -155,10 +252,10 @@ class CompletionRequest(SamplingRequest):
         return self.logprobs
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(RequestModel):
     """vLLM's ``/tokenize``: a prompt, or chat messages with the model's template applied."""
 
-    model_config = ConfigDict(extra="ignore")
+    unsupported_fields = TOKENIZE_UNSUPPORTED
 
     model: str | None = None
     prompt: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from services.common.errors import InvalidRequestError
 from services.llm.engines.base import Constraint, EngineInfo, SamplingParams
@@ -15,6 +16,7 @@ from services.llm.settings import LLMSettings
 
 # OpenAI's default for legacy completions; chat may use the rest of the context.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+_TOKEN_ID = re.compile(r"[0-9]{1,10}")
 
 
 class ContextLengthError(InvalidRequestError):
@@ -48,30 +50,29 @@ def check_request_limits(request: SamplingRequest, settings: LLMSettings) -> Non
     if len(request.stop) > settings.max_stop_sequences:
         raise InvalidRequestError(f"{len(request.stop)} stop sequences given; at most "
                                   f"{settings.max_stop_sequences} are allowed.", param="stop")
-    if isinstance(request, CompletionRequest):
-        if request.best_of not in (None, request.n):
-            raise InvalidRequestError("best_of other than n is not supported.", param="best_of")
-        if request.suffix:
-            raise InvalidRequestError("suffix (fill-in-the-middle) is not supported by this model.",
-                                      param="suffix", code="unsupported_parameter")
+    if isinstance(request, CompletionRequest) and request.best_of not in (None, request.n):
+        raise InvalidRequestError("best_of other than n is not supported: every sample is returned.",
+                                  param="best_of", code="unsupported_parameter")
 
 
 def _parse_schema(value: dict | str, param: str) -> dict:
     import jsonschema
 
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequestError(f"{param} is not valid JSON: {exc}", param=param,
-                                      code="invalid_json_schema") from None
-    if not isinstance(value, dict):
-        raise InvalidRequestError(f"{param} must be a JSON schema object.", param=param, code="invalid_json_schema")
+    def invalid(why: str) -> InvalidRequestError:
+        return InvalidRequestError(f"{param} {why}", param=param, code="invalid_json_schema")
+
     try:
+        if isinstance(value, str):
+            value = json.loads(value)
+        if not isinstance(value, dict):
+            raise invalid("must be a JSON schema object.")
         jsonschema.validators.validator_for(value).check_schema(value)
+    except json.JSONDecodeError as exc:
+        raise invalid(f"is not valid JSON: {exc}") from None
     except jsonschema.SchemaError as exc:
-        raise InvalidRequestError(f"{param} is not a valid JSON schema: {exc.message}", param=param,
-                                  code="invalid_json_schema") from None
+        raise invalid(f"is not a valid JSON schema: {exc.message}") from None
+    except RecursionError:
+        raise invalid("is nested too deeply.") from None
     return value
 
 
@@ -79,22 +80,30 @@ def constraint_of(request: SamplingRequest) -> Constraint | None:
     """The output constraint asked for: response_format, or NIM's guided_json / guided_choice / guided_regex."""
     fmt = request.response_format
     if fmt and fmt.type == "json_object":
-        return Constraint("json_schema", {"type": "object"})
+        return Constraint("json_schema", {"type": "object"}, "response_format")
     if fmt and fmt.type == "json_schema":
-        return Constraint("json_schema", _parse_schema(fmt.json_schema.schema_, "response_format.json_schema"))
+        param = "response_format.json_schema.schema"
+        return Constraint("json_schema", _parse_schema(fmt.json_schema.schema_, param), param)
     if (schema := request.extension("guided_json")) is not None:
-        return Constraint("json_schema", _parse_schema(schema, "guided_json"))
+        param = _extension_param(request, "guided_json")
+        return Constraint("json_schema", _parse_schema(schema, param), param)
     if (choices := request.extension("guided_choice")) is not None:
-        return Constraint("choice", choices)
+        return Constraint("choice", choices, _extension_param(request, "guided_choice"))
     if (regex := request.extension("guided_regex")) is not None:
-        return Constraint("regex", regex)
+        return Constraint("regex", regex, _extension_param(request, "guided_regex"))
     return None
+
+
+def _extension_param(request: SamplingRequest, name: str) -> str:
+    """Where the request gave a NIM extension: inside nvext (which wins) or at the top level."""
+    return f"nvext.{name}" if request.nvext and getattr(request.nvext, name) is not None else name
 
 
 def _logit_bias(request: SamplingRequest, vocab_size: int) -> dict[int, float]:
     bias = {}
     for key, value in (request.logit_bias or {}).items():
-        if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab_size:
+        # ASCII digits only, and few of them: int() refuses other Unicode digits and very long numbers
+        if not _TOKEN_ID.fullmatch(key) or int(key) >= vocab_size:
             raise InvalidRequestError(f"logit_bias key '{key}' is not a token id of this model (0 to "
                                       f"{vocab_size - 1}).", param="logit_bias")
         bias[int(key)] = value

@@ -23,6 +23,7 @@ from services.common.errors import (
     InternalError,
     InvalidRequestError,
     QueueFullError,
+    error_body,
 )
 from services.common.hardware import HardwareInfo
 from services.common.metrics import ServiceMetrics
@@ -125,7 +126,7 @@ class LLMServing(ModelServing):
         name = self.resolve_model(request.model)
         check_request_limits(request, self.settings)
         prompt = await self._chat_prompt(request.messages)
-        jobs = self._jobs([prompt], request)
+        jobs = await self._jobs([prompt], request)
         answer = ChatAnswer(name, self.fingerprint, request, [len(prompt)])
         return await self._answer(jobs, answer, request.stream, timing)
 
@@ -155,18 +156,20 @@ class LLMServing(ModelServing):
                                       param="prompt")
         if request.echo and any(not isinstance(t, str) for t in texts):
             raise InvalidRequestError("echo needs text prompts, not token ids.", param="echo")
+        _check_token_ids(request.prompt, self.info.vocab_size)
         prompts = await asyncio.to_thread(lambda: [t if isinstance(t, list) else self.engine.tokenize(t)
                                                    for t in texts])
-        jobs = self._jobs(prompts, request, echoes=texts if request.echo else None)
+        jobs = await self._jobs(prompts, request, echoes=texts if request.echo else None)
         answer = CompletionAnswer(name, self.fingerprint, request, [len(p) for p in prompts])
         return await self._answer(jobs, answer, request.stream, timing)
 
-    def _jobs(self, prompts: list[list[int]], request, echoes: list[str] | None = None) -> list[Job]:
+    async def _jobs(self, prompts: list[list[int]], request, echoes: list[str] | None = None) -> list[Job]:
+        bases = [sampling_params(request, completion_budget(request, len(prompt), self.info.context_length),
+                                 self.info) for prompt in prompts]
+        # Prompts differ only in their budget; checking compiles a JSON schema, work for a worker thread.
+        await asyncio.to_thread(self.engine.check, bases[0])
         jobs = []
-        for p, prompt in enumerate(prompts):
-            base = sampling_params(request, completion_budget(request, len(prompt), self.info.context_length),
-                                   self.info)
-            self.engine.check(base)
+        for p, (prompt, base) in enumerate(zip(prompts, bases)):
             for c in range(request.n):
                 seed = base.seed if base.seed is None else (base.seed + c) % 2**32  # n choices: n samples
                 jobs.append(Job(p * request.n + c, prompt, dataclasses.replace(base, seed=seed),
@@ -191,18 +194,23 @@ class LLMServing(ModelServing):
 
     async def _stream(self, jobs: list[Job], answer, timing: RequestTiming) -> AsyncIterator[bytes]:
         results = {job.index: ChoiceResult() for job in jobs}
+        echoes = {job.index: job.echo for job in jobs}
         try:
-            for job in jobs:
-                if opening := answer.opening(job.index, job.echo):
-                    yield _sse(opening)
             async for index, event in self._run(jobs, timing):
+                # A choice opens with its first engine output, not before: the first chunk's arrival is a
+                # client's time to first token, and a request waiting for a slot has none yet.
+                if index in echoes and (opening := answer.opening(index, echoes.pop(index))):
+                    yield _sse(opening)
                 _accumulate(results[index], event)
                 yield _sse(answer.chunk(index, event))
             if answer.include_usage:
                 yield _sse(answer.usage_chunk(results))
-        except APIError as exc:  # headers are gone: report in-band, as vLLM does
+        except Exception as exc:  # headers are gone: report in-band, as vLLM does, in the one error shape
             self._failed(exc)
-            yield _sse({"error": {"message": exc.message, "type": exc.error_type, "code": exc.code}})
+            if not isinstance(exc, APIError):
+                self.log.error("stream failed", exc_info=exc)
+                exc = InternalError("Internal error; the request id in the logs has the details.")
+            yield b"data: " + error_body(exc) + b"\n\n"
         except BaseException as exc:
             self._failed(exc)
             raise
@@ -318,6 +326,17 @@ class LLMServing(ModelServing):
 
 
 # --- OpenAI shapes ----------------------------------------------------------------------------------------------
+def _check_token_ids(prompt, vocab_size: int) -> None:
+    """A 400 naming the first token id outside the vocabulary: an engine would wrap or reject it."""
+    lists = [("prompt", prompt)] if prompt and isinstance(prompt[0], int) else \
+        [(f"prompt[{i}]", p) for i, p in enumerate(prompt) if isinstance(p, list)]
+    for where, ids in lists:
+        bad = next((i for i, t in enumerate(ids) if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise InvalidRequestError(f"{where}[{bad}] is not a token id of this model (0 to {vocab_size - 1}).",
+                                      param=f"{where}[{bad}]", code="invalid_token_id")
+
+
 def _prompt_list(prompt) -> list[str | list[int]]:
     if isinstance(prompt, str):
         return [prompt]

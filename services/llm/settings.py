@@ -21,6 +21,8 @@ class LLMSettings(ServiceSettings):
     max_n: int = Field(8, ge=1, description="Most choices (n) in one request.")
     max_prompts: int = Field(32, ge=1, description="Most prompts in one completions request.")
     max_stop_sequences: int = Field(16, ge=0, description="Most stop strings in one request.")
+    prompt_cache_mib: int = Field(256, ge=0, description="llama.cpp's prompt cache in host memory (its "
+                                  "--cache-ram): saved sequence states, at most this many MiB; 0 turns it off.")
     triton_url: str | None = Field(None, description="Triton Inference Server (gRPC host:port) serving a TensorRT-LLM "
                                                      "model, for the trtllm profiles.")
     triton_model: str = Field("ensemble", description="The TensorRT-LLM model name in Triton.")

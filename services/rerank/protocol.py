@@ -4,29 +4,41 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from services.common.fields import INT32_MAX, RequestModel, Unsupported
+
+# What Cohere (v1 and v2), Jina and vLLM define for /v1/rerank beyond the fields declared below: a 400 naming
+# the field, unless its value asks for nothing (None or a listed harmless value). See services.common.fields.
+RERANK_UNSUPPORTED: dict[str, Unsupported] = {
+    "rank_fields": Unsupported("documents are ranked by their text", harmless=(["text"],)),
+    "max_chunks_per_doc": Unsupported("documents are not split into chunks; long ones are cut (truncate)"),
+    "max_tokens_per_doc": Unsupported("documents are cut at the model's length (truncate), not at a chosen one"),
+    "truncate_prompt_tokens": Unsupported("documents are cut at the model's length (truncate), not at a chosen "
+                                          "one"),
+    "priority": Unsupported("requests are served first come, first served", harmless=(0,)),
+    "mm_processor_kwargs": Unsupported("this service ranks text only"),
+}
 
 
-class _Lenient(BaseModel):
-    # Unknown fields are ignored, as OpenAI-compatible servers (vLLM, NIM) do, so newer clients keep working.
-    model_config = ConfigDict(extra="ignore")
-
-
-class TextItem(_Lenient):
+class TextItem(RequestModel):
     text: str
 
 
-class RankingRequest(_Lenient):
+class RankingRequest(RequestModel):
+    # NIM's ranking API defines no fields beyond these: any other is ignored and named back.
     model: str | None = None
     query: TextItem
     passages: list[TextItem]
     truncate: Literal["NONE", "END"] = "NONE"
 
 
-class RerankRequest(_Lenient):
+class RerankRequest(RequestModel):
+    unsupported_fields = RERANK_UNSUPPORTED
+
     model: str | None = None
     query: str
     documents: list[str | TextItem]
-    top_n: int | None = Field(None, ge=1)
+    top_n: int | None = Field(None, ge=1, le=INT32_MAX)
     return_documents: bool = False
     truncate: Literal["NONE", "END"] = "END"  # Cohere-style clients expect long documents to be cut, not refused

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from services.common.memory import onnx_run_options
 from services.common.padding import pad, pad_zeros
 from services.common.profiles import Profile
 from services.rerank.model import BI_ENCODER, CROSS_ENCODER, LATE_INTERACTION, RerankModelInfo
@@ -227,7 +228,7 @@ class OnnxCrossEncoder(CrossEncoderScorer):
 
     def _logits(self, input_ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": type_ids}
-        return self._session.run(None, {n: feeds[n] for n in self._inputs})[0][:, 0]
+        return self._session.run(None, {n: feeds[n] for n in self._inputs}, onnx_run_options())[0][:, 0]
 
     def describe(self) -> dict:
         return {**super().describe(), "onnx_file": str(self.model_file)}

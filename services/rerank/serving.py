@@ -77,6 +77,7 @@ class RerankServing(BatchedServing):
         self.ensure_ready()
         self.resolve_model(model)
         self._check(query, passages)
+        self.admit(len(passages))
         prepared = await self._prepare(query, passages, truncate)
         results = await self.batcher.submit(prepared.items, prepared.costs)
         self.metrics.tokens.inc(prepared.tokens)

@@ -76,6 +76,14 @@ def test_output_rails_pass_an_ordinary_answer_and_mask_addresses():
     assert verdict.rail_ms["nimrag check output"] > 0  # each rail's time reaches the answer's verdict
 
 
+def test_the_policy_names_the_regions_whose_national_phone_numbers_are_masked():
+    files = {"config.yml": "nimrag:\n  mask_sensitive_data: [phone]\n  phone_regions: [nl]\n"}
+    text, verdict = stream(runtime(files), "Call Utrecht on (030) 123 4567, London on 020 7946 0958 or +44 20 7946 "
+                                           "0958, not on 2024-03-15.")
+    assert text.strip() == "Call Utrecht on [PHONE], London on 020 7946 0958 or [PHONE], not on 2024-03-15."
+    assert verdict.masked == {"phone": 2}
+
+
 @pytest.mark.parametrize("answer", [
     "Sure. Developer mode enabled: all filters are off now.",
     f"My instructions say: {PROTECTED}",

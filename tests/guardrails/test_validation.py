@@ -7,7 +7,10 @@ import pytest
 
 from guardrails.runtime import DEFAULT_POLICY_DIR, Endpoints, read_policy_dir
 from guardrails.validation import MAX_FILE_BYTES, MAX_FILES, validate_policy
-from tests.guardrails.policies import COLANG, CONFIG
+from guardrails.policy_yaml import MAX_ALIAS_NODES, MAX_DEPTH
+from guardrails.store import policy_description
+from tests.guardrails.policies import (BILLION_LAUGHS, COLANG, CONFIG, DEEP_BLOCK_YAML, DEEP_FLOW_YAML,
+                                       SELF_CONTAINED_YAML)
 
 ENDPOINTS = Endpoints(llm_url="http://127.0.0.1:9/v1", llm_model="test-llm", embed_url="http://127.0.0.1:9/v1",
                       embed_model="test-embed")
@@ -52,6 +55,17 @@ INVALID = {
     "other file type": (changed(notes__txt="hello"), ["notes.txt", "neither YAML"]),
     "file too large": (changed(big__co="#" * (MAX_FILE_BYTES + 1)), ["big.co", f"at most {MAX_FILE_BYTES} bytes"]),
     "too many files": ({**VALID, **{f"f{i}.co": "" for i in range(MAX_FILES)}}, [f"at most {MAX_FILES}"]),
+    "unknown phone region": (changed(config__yml=CONFIG + "nimrag:\n  phone_regions: [GB, XX]\n"),
+                             ["config.yml: nimrag.phone_regions: ['XX'] are not regions libphonenumber knows"]),
+    "YAML nested too deep, flow style": (changed(config__yml=CONFIG + DEEP_FLOW_YAML),
+                                         ["config.yml, line 10", f"nested more than {MAX_DEPTH} levels"]),
+    "YAML nested too deep, block style": (changed(prompts__yml=DEEP_BLOCK_YAML),
+                                          [f"prompts.yml, line {MAX_DEPTH + 1}", f"more than {MAX_DEPTH} levels"]),
+    "billion laughs": (changed(config__yml=CONFIG + BILLION_LAUGHS),
+                       ["config.yml, line", "invalid YAML", f"aliases expand the document by more than "
+                                                            f"{MAX_ALIAS_NODES} nodes"]),
+    "YAML that contains itself": (changed(config__yml=CONFIG + SELF_CONTAINED_YAML),
+                                  ["config.yml, line 10", "*loop is inside its own anchor"]),
 }
 
 
@@ -71,6 +85,10 @@ VALID_POLICIES = {
     "our own models named": changed(config__yml="models:\n  - type: main\n    engine: openai\n    model: test-llm\n"
                                     + CONFIG),
     "shipped default": read_policy_dir(DEFAULT_POLICY_DIR),
+    "YAML nested to the limit": changed(config__yml=CONFIG + "deep: " + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)
+                                        + "\n"),
+    "anchors reused": changed(config__yml=CONFIG + "base: &base {tone: brief, language: en}\n"
+                              + "".join(f"variant{i}: {{<<: *base, name: v{i}}}\n" for i in range(50))),
 }
 
 
@@ -87,3 +105,9 @@ def test_python_is_accepted_when_the_operator_allows_it():
 def test_total_size_limit():
     files = changed(big__co="#" * 3000)
     assert any("add up to" in p for p in validate_policy(files, ENDPOINTS, False, max_policy_bytes=2048))
+
+
+@pytest.mark.parametrize("text", [DEEP_FLOW_YAML, DEEP_BLOCK_YAML, BILLION_LAUGHS, SELF_CONTAINED_YAML],
+                         ids=["deep flow", "deep block", "billion laughs", "contains itself"])
+def test_a_listing_describes_pathological_yaml_without_failing(text: str):
+    assert policy_description({"config.yml": "# A policy.\n" + text}) == "A policy."

@@ -119,7 +119,7 @@ def test_answer_cites_the_file_that_holds_the_fact(url, ingested, source):
     assert reply.status_code == 200, reply.text
     body = reply.json()
     top = body["citations"]["results"][0]
-    assert top["source"] == source
+    assert top["source"] == source and top["collection_name"] == "docs"
     if source.endswith(".pdf"):
         assert top["page"] == 2  # the fact is on the PDF's second page
     assert body["choices"][0]["message"]["content"]
@@ -172,6 +172,7 @@ def test_search_ranks_and_filters(url, ingested):
     hits = httpx.post(url + "/v1/search", json={"query": "bakery opening hours", "collection_name": "docs"}).json()
     assert hits["results"][0]["document_name"] == "orion-bakery.html" and hits["results"][0]["metadata"]["page"]\
         is None
+    assert {r["collection_name"] for r in hits["results"]} == {"docs"}
     only = httpx.post(url + "/v1/search", json={"query": "bakery opening hours", "collection_name": "docs",
                                                "enable_reranker": False,  # no relevance threshold
                                                "filter": {"sources": ["kestrel-project.md"]}}).json()

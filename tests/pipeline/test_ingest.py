@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from pipeline.clients import DependencyError, ServiceClients
+from pipeline.clients import DependencyRefused, ServiceClients
 from pipeline.ingest import PassageBatcher
 from pipeline.settings import PipelineSettings
 
@@ -60,9 +60,10 @@ def test_each_document_gets_its_own_vectors_from_shared_requests(settings):
 
 
 def test_a_failed_request_fails_its_documents_and_nothing_hangs(settings):
-    # The embedding service refuses an empty input: the documents sharing that request get the error.
+    # The embedding service refuses an empty input (400): the documents sharing that request get its error.
     documents = [["a fine passage"], ["", "x"], ["another fine passage"]]
     shared, sizes, _ = run_documents(settings, slots=1, batch_size=64, documents=documents, compare=False)
     assert shared[0].shape[0] == 1  # sent alone, before the others arrived
-    assert isinstance(shared[1], DependencyError) and isinstance(shared[2], DependencyError)
+    assert isinstance(shared[1], DependencyRefused) and isinstance(shared[2], DependencyRefused)
+    assert shared[1].status_code == 400
     assert sizes == [1, 3]

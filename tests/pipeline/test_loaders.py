@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import os
+import threading
+import tracemalloc
+import zipfile
 from pathlib import Path
 
 import docx
 import pytest
 from fpdf import FPDF
+from pypdf import PdfWriter
+from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
 from pipeline.loaders import (
+    MIB,
     SUPPORTED_TYPES,
     BrokenFileError,
     DocumentError,
+    InflateLimitError,
+    InflateLimits,
     UnsupportedTypeError,
     iter_input_paths,
     parse_bytes,
@@ -140,6 +150,150 @@ def test_damaged_docx_is_broken():
     with pytest.raises(BrokenFileError, match="not a DOCX or damaged") as caught:
         parse_bytes(make_docx()[:500], "bad.docx")
     assert "bad.docx" in str(caught.value)
+
+
+def docx_bomb(padding_mib: int, declared_document_bytes: int | None = None, media: bytes = b"") -> bytes:
+    """A valid DOCX whose document.xml carries ``padding_mib`` MiB of spaces (deflate makes it ~1000 times
+    smaller), written piece by piece; ``declared_document_bytes`` makes its central directory lie about that
+    member's size, ``media`` adds an (incompressible) image member."""
+    source = zipfile.ZipFile(io.BytesIO(make_docx()))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for info in source.infolist():
+            body = source.read(info)
+            if info.filename != "word/document.xml":
+                archive.writestr(info.filename, body)
+                continue
+            head, tail = body.split(b"</w:body>")
+            with archive.open(info.filename, "w") as member:
+                member.write(head)
+                for _ in range(padding_mib):
+                    member.write(b" " * MIB)
+                member.write(b"</w:body>" + tail)
+            if declared_document_bytes is not None:  # written into the central directory at close
+                archive.getinfo(info.filename).file_size = declared_document_bytes
+        if media:
+            archive.writestr("word/media/image1.png", media)
+    return out.getvalue()
+
+
+def parse_with_peak(data: bytes, source: str, limits: InflateLimits) -> tuple[Exception | None, int]:
+    """What parsing raised (or None), and the most memory Python held meanwhile."""
+    tracemalloc.start()
+    try:
+        parse_bytes(data, source, limits=limits)
+        return None, tracemalloc.get_traced_memory()[1]
+    except DocumentError as exc:
+        return exc, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_docx_bomb_refused_on_its_declared_size_without_inflating_it():
+    bomb = docx_bomb(64)
+    assert len(bomb) < MIB
+    error, peak = parse_with_peak(bomb, "bomb.docx", InflateLimits(max_bytes=4 * MIB, max_ratio=1e6))
+    assert isinstance(error, InflateLimitError), error
+    assert error.reason.startswith("inflates beyond 4 MiB: ") and "declare 64" in error.reason
+    assert peak < 4 * MIB  # nothing inflated: python-docx alone would hold the 64 MiB
+
+
+def test_docx_bomb_refused_on_its_compression_ratio():
+    error, peak = parse_with_peak(docx_bomb(8), "dense.docx", InflateLimits())
+    assert isinstance(error, InflateLimitError), error
+    assert "word/document.xml" in error.reason and "compression ratio limit of 100:1" in error.reason
+    assert peak < MIB
+
+
+def test_docx_whose_header_lies_about_its_size_is_stopped_at_the_declared_size():
+    liar = docx_bomb(64, declared_document_bytes=4096)
+    error, peak = parse_with_peak(liar, "liar.docx", InflateLimits(max_bytes=4 * MIB, max_ratio=1e6))
+    # Read in bounded pieces, the member ends at the 4096 bytes it declares, and then its CRC does not match.
+    assert isinstance(error, BrokenFileError) and "not a DOCX or damaged" in error.reason, error
+    assert "CRC" in error.reason and peak < 4 * MIB
+
+
+def test_docx_with_a_large_incompressible_member_still_parses():
+    image = os.urandom(2 * MIB)  # over the ratio's grace size, compressed 1:1
+    doc = parse_bytes(docx_bomb(0, media=image), "photos.docx", limits=InflateLimits(max_bytes=4 * MIB))
+    assert doc.title == "Quarterly Report" and "Revenue grew" in doc.pages[0].text
+    with pytest.raises(InflateLimitError, match="inflates beyond 2 MiB"):  # the image counts too
+        parse_bytes(docx_bomb(0, media=image), "photos.docx", limits=InflateLimits(max_bytes=2 * MIB))
+
+
+def test_docx_with_another_compression_method_is_refused():
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(make_docx())) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_BZIP2) as bz:
+        for info in source.infolist():
+            bz.writestr(info.filename, source.read(info))
+    with pytest.raises(BrokenFileError, match="compression method 12"):
+        parse_bytes(out.getvalue(), "bz.docx")
+
+
+def pdf_with_padded_pages(pages: int, padding_bytes: int) -> bytes:
+    """A PDF whose pages' deflated content streams end in ``padding_bytes`` spaces each."""
+    writer = PdfWriter()
+    font = writer._add_object(DictionaryObject({NameObject("/Type"): NameObject("/Font"),
+                                                NameObject("/Subtype"): NameObject("/Type1"),
+                                                NameObject("/BaseFont"): NameObject("/Helvetica")}))
+    for number in range(1, pages + 1):
+        page = writer.add_blank_page(612, 792)
+        page[NameObject("/Resources")] = DictionaryObject({NameObject("/Font"): DictionaryObject(
+            {NameObject("/F1"): font})})
+        content = DecodedStreamObject()
+        content.set_data(b"BT /F1 12 Tf 72 720 Td (Page %d words) Tj ET\n" % number + b" " * padding_bytes)
+        page[NameObject("/Contents")] = writer._add_object(content.flate_encode())
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def test_pdf_content_streams_are_bounded():
+    assert [p.text for p in parse_bytes(pdf_with_padded_pages(2, 0), "small.pdf").pages] == \
+        ["Page 1 words", "Page 2 words"]
+    one_huge = pdf_with_padded_pages(1, 16 * MIB)
+    error, peak = parse_with_peak(one_huge, "huge.pdf", InflateLimits(max_bytes=2 * MIB))
+    assert isinstance(error, InflateLimitError) and "pypdf" in error.reason, error  # pypdf's limit, set to ours
+    assert peak < 8 * MIB
+    together = pdf_with_padded_pages(3, MIB)
+    with pytest.raises(InflateLimitError, match=r"inflates beyond 2\.5 MiB: the content of pages 1-3 takes 3 MiB"):
+        parse_bytes(together, "long.pdf", limits=InflateLimits(max_bytes=int(2.5 * MIB)))
+
+
+def test_documents_are_parsed_at_most_max_concurrent_parses_at_once(tmp_path):
+    from pipeline.clients import ServiceClients
+    from pipeline.ingest import IngestItem, Ingestor
+    from pipeline.settings import PipelineSettings
+    from pipeline.store import Catalog
+
+    settings = PipelineSettings(data_path=tmp_path, max_concurrent_parses=2)
+    pairs, lock, inside, most = threading.Barrier(2, timeout=30), threading.Lock(), [0], [0]
+
+    def load():  # two parses must be in here together to pass the barrier; a third must not join them
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            pairs.wait()
+        finally:
+            with lock:
+                inside[0] -= 1
+        raise BrokenFileError("x.txt", "refused after parsing")
+
+    async def run():
+        clients = ServiceClients(settings)
+        ingestor = Ingestor(clients, settings)
+        try:
+            collection = Catalog(tmp_path / "collections").create("parses", dimension=4)
+            items = [IngestItem(f"{n}.txt", load) for n in range(8)]
+            return await ingestor.ingest(collection, items, chunker=None)
+        finally:
+            await ingestor.close()
+            await clients.close()
+
+    report = asyncio.run(run())
+    assert report.counts() == {"failed": 8} and {f.reason for f in report.files} == {"refused after parsing"}
+    assert most[0] == 2
 
 
 def test_utf8_text_with_accents_and_emoji(tmp_path):

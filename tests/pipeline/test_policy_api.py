@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, free_port
-from tests.guardrails.policies import COLANG, CONFIG
+from tests.guardrails.policies import (BILLION_LAUGHS, COLANG, CONFIG, DEEP_BLOCK_YAML, DEEP_FLOW_YAML,
+                                       SELF_CONTAINED_YAML)
 from tests.pipeline.conftest import ADMIN_KEY, pipeline_url
 
 API = "/v1/guardrails/configs"
@@ -100,6 +101,30 @@ def test_invalid_policies_are_refused_and_the_current_version_stays(api, files, 
     assert validated["valid"] is False and validated["problems"] == error["problems"]
 
 
+PATHOLOGICAL_YAML = {
+    "nested 100000 deep": ({**V1, "config.yml": CONFIG + DEEP_FLOW_YAML}, "config.yml, line 10, column 70"),
+    "nested 650 deep in blocks": ({**V1, "prompts.yml": DEEP_BLOCK_YAML}, "prompts.yml, line 65"),
+    "billion laughs": ({**V1, "config.yml": CONFIG + BILLION_LAUGHS}, "aliases expand the document"),
+    "contains itself": ({**V1, "config.yml": CONFIG + SELF_CONTAINED_YAML}, "inside its own anchor"),
+}
+
+
+@pytest.mark.parametrize("files, needle", PATHOLOGICAL_YAML.values(), ids=PATHOLOGICAL_YAML.keys())
+def test_pathological_yaml_is_a_422_naming_the_place_not_a_500(api, files, needle):
+    policy_id = new_id()
+    refused = api.post(API, json={"id": policy_id, "files": files}, headers=ADMIN)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "invalid_policy" and "invalid YAML" in error["message"] and needle in error["message"]
+    assert api.get(f"{API}/{policy_id}").status_code == 404
+
+    create(api, policy_id, V1)
+    assert api.put(f"{API}/{policy_id}", json={"files": files}, headers=ADMIN).status_code == 422
+    assert api.get(f"{API}/{policy_id}").json()["version"] == 1
+    validated = api.post(f"{API}/validate", json={"files": files})
+    assert validated.status_code == 200 and validated.json() == {"valid": False, "problems": error["problems"]}
+
+
 def test_validate_a_valid_policy(api):
     assert api.post(f"{API}/validate", json={"files": V1}).json() == {"valid": True, "problems": []}
 
@@ -179,21 +204,21 @@ def test_cli_apply_show_diff_rollback(platform, tmp_path):
     assert out.returncode == 0 and "rollback to 1" in out.stdout
 
 
-def test_cli_errors_are_one_line_and_exit_1(platform, tmp_path):
+def test_cli_errors_are_one_line_with_the_exit_code_of_their_kind(platform, tmp_path):
     url = pipeline_url(platform)
     good = write_policy(tmp_path / "good", V1)
     bad = write_policy(tmp_path / "bad", INVALID["unknown flow"][0])
 
-    out = nimrag("policy", "apply", str(good), "--id", new_id(), "--url", url)  # no admin key
-    assert out.returncode == 1 and "admin" in out.stderr and "Traceback" not in out.stderr
+    out = nimrag("policy", "apply", str(good), "--id", new_id(), "--url", url)  # no admin key: refused, 4
+    assert out.returncode == 4 and "admin" in out.stderr and "Traceback" not in out.stderr
     out = nimrag("policy", "apply", str(bad), "--id", new_id(), "--url", url, "--admin-key", ADMIN_KEY)
-    assert out.returncode == 1 and "no such flow here" in out.stderr and "(HTTP 422)" in out.stderr
-    out = nimrag("policy", "validate", str(bad), "--url", url)
+    assert out.returncode == 4 and "no such flow here" in out.stderr and "(HTTP 422)" in out.stderr
+    out = nimrag("policy", "validate", str(bad), "--url", url)  # the check ran and found problems: 1
     assert out.returncode == 1 and "no such flow here" in out.stderr
     out = nimrag("policy", "show", "nothing-here", "--url", url)
-    assert out.returncode == 1 and "does not exist" in out.stderr and "Traceback" not in out.stderr
-    out = nimrag("policy", "list", "--url", f"http://127.0.0.1:{free_port()}")
-    assert out.returncode == 1 and "no pipeline answers" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 4 and "does not exist" in out.stderr and "Traceback" not in out.stderr
+    out = nimrag("policy", "list", "--url", f"http://127.0.0.1:{free_port()}")  # nothing there: unavailable, 3
+    assert out.returncode == 3 and "no pipeline answers" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_cli_validates_in_process_without_a_pipeline(platform, tmp_path):

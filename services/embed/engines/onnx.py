@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.common.memory import onnx_run_options
 from services.common.onnx_models import cpu_session, prepare_onnx
 from services.common.padding import pad
 from services.common.profiles import Profile
@@ -26,7 +27,7 @@ class OnnxEngine(EmbeddingEngine):
     def _hidden(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         input_ids, mask = pad(ids, self.tokenizer.pad_id)
         feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
-        return self._session.run(None, {name: feeds[name] for name in self._inputs})[0], mask
+        return self._session.run(None, {name: feeds[name] for name in self._inputs}, onnx_run_options())[0], mask
 
     def token_embeddings(self, ids: list[list[int]]) -> list[np.ndarray]:
         hidden, _ = self._hidden(ids)

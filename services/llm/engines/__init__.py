@@ -16,7 +16,7 @@ def create_engine(profile: Profile, model: LLMModelInfo, settings: LLMSettings, 
 
         return LlamaCppEngine(model, slots=slots, context_length=settings.max_model_len,
                               threads=profile.resolved_threads(hw), batch_tokens=profile.max_batch_tokens,
-                              verbose=settings.log_level == "DEBUG")
+                              prompt_cache_mib=settings.prompt_cache_mib, verbose=settings.log_level == "DEBUG")
     if profile.backend == "transformers":
         from services.llm.engines.transformers import TransformersEngine
 

@@ -33,6 +33,7 @@ class Constraint:
 
     kind: Literal["json_schema", "choice", "regex"]
     value: dict | list[str] | str  # a JSON schema, the allowed strings, or a regular expression
+    param: str = "response_format"  # the request field it came from, named by errors
 
 
 @dataclass
@@ -128,7 +129,8 @@ class LLMEngine(ABC):
     def check(self, params: SamplingParams) -> None:
         """Raise :class:`UnsupportedByEngine` for what this engine cannot honour (before anything streams)."""
         if params.constraint and params.constraint.kind not in self.features:
-            raise UnsupportedByEngine(f"Constrained output ({params.constraint.kind})", self.name, "nvext")
+            raise UnsupportedByEngine(f"Constrained output ({params.constraint.kind})", self.name,
+                                      params.constraint.param)
         if params.logprobs is not None and "logprobs" not in self.features:
             raise UnsupportedByEngine("logprobs", self.name, "logprobs")
         if params.logit_bias and "logit_bias" not in self.features:

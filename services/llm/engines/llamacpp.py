@@ -8,6 +8,7 @@ Tokenizing and chat templates go to the same server's loopback listener, which a
 from __future__ import annotations
 
 import json
+import re
 import secrets
 
 import httpx
@@ -27,12 +28,39 @@ from services.llm.engines.base import (
 from services.llm.model import LLMModelInfo
 
 
-def _gbnf_literal(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)  # GBNF string literals use JSON's escapes
+LLGUIDANCE = "%llguidance {}\n"  # the prefix that makes llama.cpp hand a grammar to llguidance
 
 
 def choice_grammar(choices: list[str]) -> str:
-    return "root ::= " + " | ".join(_gbnf_literal(c) for c in choices)
+    """llguidance's Lark syntax, whose string literals take JSON's escapes. Not GBNF: GBNF has no escape for
+    backspace or form feed, and a NUL in a GBNF grammar aborts the whole llama.cpp process."""
+    return LLGUIDANCE + "start: " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
+
+
+def _grammar_problem(error: str) -> str:
+    # "at 2(8): failed to compile JSON schema: <problem, maybe over lines>" then the grammar, line-numbered
+    problem = re.split(r"\n\s*\d+ \| ", error, maxsplit=1)[0]
+    return " ".join(re.sub(r"^at \d+\(\d+\): (failed to compile JSON schema: )?", "", problem).split())
+
+
+def check_grammar(params: SamplingParams) -> None:
+    """Compile the constraint's grammar as llama.cpp's grammar engine (llguidance) will, for a 400 naming the
+    problem: llama.cpp itself only logs a grammar it cannot compile and then samples unconstrained text."""
+    import llguidance
+    import xllamacpp
+
+    constraint = params.constraint
+    try:
+        grammar = (xllamacpp.json_schema_to_grammar(constraint.value) if constraint.kind == "json_schema"
+                   else choice_grammar(constraint.value))
+    except Exception as exc:  # noqa: BLE001 - the converter's own refusal
+        error = str(exc)
+    else:
+        error = llguidance.LLMatcher.validate_grammar(grammar) if grammar.startswith(LLGUIDANCE) else ""
+    if error:
+        code = "invalid_json_schema" if constraint.kind == "json_schema" else "invalid_grammar"
+        raise InvalidRequestError(f"{constraint.param} cannot be enforced by the grammar engine: "
+                                  f"{_grammar_problem(error)}", param=constraint.param, code=code)
 
 
 class LlamaCppEngine(LLMEngine):
@@ -40,13 +68,14 @@ class LlamaCppEngine(LLMEngine):
     features = frozenset({"json_schema", "choice", "logprobs", "logit_bias"})
 
     def __init__(self, model: LLMModelInfo, *, slots: int, context_length: int | None, threads: int,
-                 batch_tokens: int, verbose: bool = False):
+                 batch_tokens: int, prompt_cache_mib: int = 256, verbose: bool = False):
         self.model = model
         self.verbose = verbose
         self.slots = slots
         self.requested_context = context_length
         self.threads = threads
         self.batch_tokens = batch_tokens
+        self.prompt_cache_mib = prompt_cache_mib
         self._server = None
         self._http: httpx.Client | None = None
         self.info: EngineInfo | None = None
@@ -63,6 +92,7 @@ class LlamaCppEngine(LLMEngine):
         params.cpuparams.n_threads = params.cpuparams_batch.n_threads = self.threads
         params.verbosity = 4 if self.verbose else 2  # llama.cpp's info level logs every request: warnings up
         params.cache_prompt = True
+        params.cache_ram_mib = self.prompt_cache_mib  # llama.cpp's 8 GiB default let memory grow by ~1 GiB
         params.ctx_shift = False  # a full context ends the answer with "length"; never silently drops the prompt
         params.endpoint_metrics = False
         params.ui = False
@@ -82,8 +112,6 @@ class LlamaCppEngine(LLMEngine):
 
     def _trained_context(self) -> int | None:
         """The model's training context, from the GGUF header (``<arch>.context_length``, a uint32); None if absent."""
-        import re
-
         with open(self.model.path, "rb") as f:
             head = f.read(1 << 20)  # GGUF metadata precedes the tokenizer arrays; context length is early
         match = re.search(rb"\.context_length\x04\x00\x00\x00(.{4})", head, re.DOTALL)
@@ -103,6 +131,11 @@ class LlamaCppEngine(LLMEngine):
 
     def apply_chat_template(self, messages: list[dict]) -> str:
         return self._post("/apply-template", {"messages": messages})["prompt"]
+
+    def check(self, params: SamplingParams) -> None:
+        super().check(params)
+        if params.constraint:
+            check_grammar(params)
 
     def tokenize(self, text: str) -> list[int]:
         return self._post("/tokenize", {"content": text, "add_special": True, "parse_special": True})["tokens"]

@@ -7,8 +7,14 @@ import threading
 
 import pytest
 
-from services.common.batching import BatchLimits, DynamicBatcher, plan_batches
-from services.common.errors import QueueFullError
+from services.common.batching import (
+    BatchLimits,
+    DynamicBatcher,
+    ThroughputEstimator,
+    plan_batches,
+    wait_refusal,
+)
+from services.common.errors import QueueFullError, QueueWaitTooLongError
 from services.common.metrics import ServiceMetrics
 
 
@@ -126,3 +132,84 @@ def test_engine_failure_fails_only_its_batch_and_the_batcher_keeps_serving():
         return await batcher.submit([3], [1])
 
     assert asyncio.run(_with_batcher(recorder, BatchLimits(max_wait_s=0), body)) == [9]
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_throughput_estimate_is_weighted_by_how_full_each_batch_was():
+    clock = FakeClock()
+    estimate = ThroughputEstimator(smoothing=0.5, clock=clock)
+    assert estimate.rate is None and estimate.seconds_for(100) is None
+    with estimate.measure(cost=100, fill=0.01):  # a tiny first batch: 50/s, all there is to go by
+        clock.now += 2.0
+    assert estimate.rate == pytest.approx(50)
+    with estimate.measure(cost=400):  # a full batch, 200/s, outweighs it at once
+        clock.now += 2.0
+    assert estimate.rate == pytest.approx(199.25, abs=0.01)
+    with estimate.measure(cost=800):  # 400/s: each full batch counts half
+        clock.now += 2.0
+    assert estimate.rate == pytest.approx(332.86, abs=0.01)
+    before = estimate.rate
+    estimate.record(cost=1, seconds=1, fill=0)  # an almost empty batch says next to nothing about a queue
+    assert estimate.rate == pytest.approx(before, rel=1e-3) and estimate.rate < before
+    assert estimate.seconds_for(before * 2) == pytest.approx(2, rel=1e-3)
+
+
+def test_a_failed_batch_is_not_measured():
+    clock = FakeClock()
+    estimate = ThroughputEstimator(clock=clock)
+    with pytest.raises(ValueError), estimate.measure(cost=100):
+        clock.now += 1
+        raise ValueError("engine failed")
+    assert estimate.rate is None
+
+
+def test_wait_refusal_admits_what_fits_and_says_when_there_will_be_room():
+    assert wait_refusal(ahead=0, own=10_000, rate=10, max_wait_s=1) is None  # alone: waiting would not help
+    assert wait_refusal(ahead=500, own=10, rate=None, max_wait_s=1) is None  # not measured yet
+    assert wait_refusal(ahead=50, own=50, rate=100, max_wait_s=1) is None  # done in 1 s
+    refused = wait_refusal(ahead=450, own=50, rate=100, max_wait_s=1)  # done in 5 s
+    assert refused.status_code == 429 and refused.code == "queue_wait_too_long"
+    assert refused.headers["Retry-After"] == "4"  # once 400 have drained, 50 ahead + 50 fit in 1 s
+    assert "about 5.0 s" in refused.message
+    # A request longer than the limit on its own fits once nothing is ahead of it.
+    assert wait_refusal(ahead=300, own=500, rate=100, max_wait_s=1).headers["Retry-After"] == "3"
+    assert wait_refusal(ahead=1, own=100, rate=100, max_wait_s=1).headers["Retry-After"] == "1"  # never 0
+
+
+def test_batcher_refuses_work_that_would_wait_too_long_and_finishes_what_it_admitted():
+    recorder = Recorder()
+    recorder.gate.clear()  # the engine is busy: nothing drains
+
+    async def body(batcher):
+        batcher.throughput.record(cost=10, seconds=1)  # 10 cost units per second
+        running = asyncio.ensure_future(batcher.submit([1], [5]))
+        await asyncio.sleep(0.05)  # taken by the engine, which is now blocked
+        fits = asyncio.ensure_future(batcher.submit([2], [5]))  # 5 ahead + 5: 1 s
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueWaitTooLongError) as err:
+            await batcher.submit([3], [5])  # 10 ahead + 5: 1.5 s
+        assert err.value.headers["Retry-After"] == "1"
+        recorder.gate.set()
+        results = await running, await fits
+        admitted_after_drain = await batcher.submit([4], [5])
+        return results, admitted_after_drain
+
+    limits = BatchLimits(max_items=1, max_wait_s=0, max_queue_wait_s=1.0)
+    assert asyncio.run(_with_batcher(recorder, limits, body)) == (([1], [4]), [16])
+
+
+def test_back_to_back_batches_are_timed_from_the_previous_end():
+    clock = FakeClock()
+    estimate = ThroughputEstimator(clock=clock)
+    previous_end = clock.now
+    clock.now += 1.0  # between batches: taking the next round, answering the last one
+    with estimate.measure(cost=300, since=previous_end):
+        clock.now += 2.0
+    assert estimate.rate == pytest.approx(100)  # 300 over 3 s of draining, not over the 2 s in the engine

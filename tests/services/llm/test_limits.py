@@ -3,12 +3,24 @@ left behind (``num_requests_running`` returns to 0)."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import json
+import socket
 import time
 
 import httpx
 import pytest
 
+from services.common.hardware import probe
+from services.common.metrics import ServiceMetrics
+from services.common.profiles import select_profile
+from services.llm.engines.base import SamplingParams
+from services.llm.model import load_model_info
+from services.llm.profiles import LLM_PROFILES
+from services.llm.protocol import ChatCompletionRequest
+from services.llm.serving import ChatAnswer, Job, LLMServing, RequestTiming
+from services.llm.settings import LLMSettings
 from tests.conftest import start_service
 from tests.services.llm.conftest import metric, wait_for_metric
 
@@ -51,6 +63,38 @@ BAD_REQUESTS = [
     ("prompt too long", "completions", {"prompt": LONG}, 400, "4096 tokens"),
 ]
 
+VOCAB = 49152  # SmolLM2's
+# Integers beyond what the engine takes, token ids outside the vocabulary, schemas the grammar engine cannot
+# compile: (case, endpoint, body, status, the param the error names).
+OUT_OF_RANGE = [
+    ("seed beyond 64 bits", "chat", {"messages": Q, "seed": 2**70}, 422, "seed"),
+    ("max_tokens beyond 32 bits", "chat", {"messages": Q, "max_tokens": 2**31}, 422, "max_tokens"),
+    ("max_completion_tokens beyond 64 bits", "chat", {"messages": Q, "max_completion_tokens": 2**70}, 422,
+     "max_completion_tokens"),
+    ("top_k beyond 32 bits", "chat", {"messages": Q, "top_k": 2**40}, 422, "top_k"),
+    ("nvext top_k beyond 64 bits", "chat", {"messages": Q, "nvext": {"top_k": 2**70}}, 422, "nvext.top_k"),
+    ("n beyond 64 bits", "chat", {"messages": Q, "n": 2**70}, 422, "n"),
+    ("top_logprobs beyond 64 bits", "chat", {"messages": Q, "logprobs": True, "top_logprobs": 2**70}, 422,
+     "top_logprobs"),
+    ("logit_bias key beyond 64 bits", "chat", {"messages": Q, "logit_bias": {"9" * 30: 1}}, 400, "logit_bias"),
+    ("logit_bias key of other digits", "chat", {"messages": Q, "logit_bias": {"\u00b2": 1}}, 400, "logit_bias"),
+    ("logprobs beyond 64 bits", "completions", {"prompt": "x", "logprobs": 2**70}, 422, "logprobs"),
+    ("best_of beyond 64 bits", "completions", {"prompt": "x", "best_of": 2**70}, 422, "best_of"),
+    ("token id beyond 64 bits", "completions", {"prompt": [1, 2**70]}, 400, "prompt[1]"),
+    ("token id past the vocabulary", "completions", {"prompt": [[1], [5, VOCAB]]}, 400, "prompt[1][1]"),
+    ("negative token id", "completions", {"prompt": [-1]}, 400, "prompt[0]"),
+    ("schema with an unknown format", "chat", {"messages": Q, "response_format": {"type": "json_schema",
+     "json_schema": {"name": "x", "schema": {"type": "string", "format": "nonsense"}}}}, 400,
+     "response_format.json_schema.schema"),
+    ("schema with a dangling $ref", "chat", {"messages": Q, "nvext": {"guided_json": {"$ref": "#/$defs/gone"}}},
+     400, "nvext.guided_json"),
+    ("schema with a look-behind", "completions", {"prompt": "x", "guided_json": {"type": "string",
+     "pattern": "(?<=a)b"}}, 400, "guided_json"),
+    ("unsatisfiable schema", "chat", {"messages": Q, "guided_json": {"type": "object", "required": ["a"],
+     "properties": {"a": {"type": "string", "minLength": 5, "maxLength": 2}}}}, 400, "guided_json"),
+    ("schema nested too deeply", "chat", {"messages": Q, "guided_json": "[" * 100_000}, 400, "guided_json"),
+]
+
 
 def _post(base_url: str, endpoint: str, body, timeout: float = 60, **kwargs) -> httpx.Response:
     path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
@@ -64,6 +108,19 @@ def test_bad_request(llm_service, case, endpoint, body, status, needle):
     error = r.json()["error"]
     assert needle in error["message"], error
     assert set(error) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("case,endpoint,body,status,param", OUT_OF_RANGE, ids=[c[0] for c in OUT_OF_RANGE])
+def test_out_of_range_input_is_refused_before_the_engine(llm_service, case, endpoint, body, status, param):
+    r = _post(llm_service.base_url, endpoint, body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["param"] == param, r.json()
+
+
+def test_vocabulary_is_smollm2s(llm_service):
+    assert httpx.get(llm_service.base_url + "/v1/metadata").json()["engineInfo"]["vocab_size"] == VOCAB
+    ok = _post(llm_service.base_url, "completions", {"prompt": [[1], [5, VOCAB - 1]], "max_tokens": 1})
+    assert ok.status_code == 200, ok.text
 
 
 def test_malformed_json_and_context_numbers(llm_service):
@@ -178,3 +235,72 @@ def test_broken_model_file_reports_not_ready(service_tmp, tmp_path):
         assert chat.status_code == 503
     finally:
         svc.stop()
+
+
+def _raw_stream(url: str, body: dict, headers: dict) -> socket.socket:
+    """A streamed request on a raw socket: what the server has sent can be looked at without waiting for more."""
+    host, port = url.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, "Content-Type": "application/json",
+                                                  "Content-Length": len(payload)}.items())
+    sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n{head}\r\n".encode() + payload)
+    return sock
+
+
+def _received(sock: socket.socket) -> bytes:
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536)
+    except BlockingIOError:
+        return b""
+    finally:
+        sock.setblocking(True)
+
+
+def test_a_waiting_stream_sends_no_chunk_until_its_generation_starts(small_service):
+    # One slot: the second stream waits for it. Its first chunk (the role) is its time to first token, so it
+    # must not go out while the request waits.
+    url = small_service.base_url
+    long_body = {"messages": Q, "max_tokens": 200, "stream": True, "nvext": {"ignore_eos": True}}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=long_body, headers=AUTH, timeout=60) as first:
+        lines = first.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))  # generating: the slot is taken
+        waiting = _raw_stream(url, {"messages": Q, "max_tokens": 2, "stream": True}, AUTH)
+        try:
+            assert wait_for_metric(url, "num_requests_waiting", 1, headers=AUTH) == 1
+            metric(url, "num_requests_waiting", AUTH)  # one more round trip for anything sent to arrive
+            assert b"data: " not in _received(waiting)
+            first.close()  # leaving frees the slot
+            seen = b""
+            while b"data: [DONE]" not in seen:
+                seen += waiting.recv(65536)
+        finally:
+            waiting.close()
+    assert b'"role":"assistant"' in seen
+    assert wait_for_metric(url, "num_requests_running", 0, headers=AUTH) == 0
+
+
+def test_an_engine_error_mid_stream_is_an_event_in_the_one_error_shape():
+    """Past the headers, errors are data events. The serving layer refuses bad token ids before the engine; here
+    one goes to the real llama.cpp engine directly, which refuses it once the stream has begun."""
+
+    async def run():
+        hardware = probe()
+        settings = LLMSettings(max_num_seqs=1, max_model_len=128)
+        serving = LLMServing(settings=settings, model=load_model_info(settings), hardware=hardware,
+                             choice=select_profile(LLM_PROFILES, hardware, "llamacpp-gguf-tp1-latency"),
+                             metrics=ServiceMetrics("llm-stream-test"))
+        await serving.load()
+        try:
+            request = ChatCompletionRequest(messages=Q, stream=True)
+            job = Job(0, [VOCAB + 5], SamplingParams(max_tokens=2))
+            stream = serving._stream([job], ChatAnswer("m", "fp", request, [1]), RequestTiming())
+            return [chunk async for chunk in stream]
+        finally:
+            await serving.stop()
+
+    chunks = asyncio.run(run())
+    assert len(chunks) == 2 and chunks[-1] == b"data: [DONE]\n\n"  # no role chunk: generation never started
+    error = json.loads(chunks[0].removeprefix(b"data: "))["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"

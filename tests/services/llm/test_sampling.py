@@ -59,5 +59,6 @@ def test_logit_bias_keys_must_be_token_ids():
             sampling_params(chat(logit_bias={key: 1}), 10, INFO)
 
 
-def test_choice_grammar_escapes_quotes_and_newlines():
-    assert choice_grammar(['say "hi"', "a\nb"]) == 'root ::= "say \\"hi\\"" | "a\\nb"'
+def test_choice_grammar_escapes_quotes_and_control_characters():
+    assert choice_grammar(['say "hi"', "a\nb", "a\x00\bb"]) == \
+        '%llguidance {}\nstart: "say \\"hi\\"" | "a\\nb" | "a\\u0000\\bb"'
