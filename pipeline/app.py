@@ -8,6 +8,7 @@ import logging
 from fastapi import FastAPI
 
 from guardrails.service import PolicyService
+from pipeline.clients import CLIENT_FAULTS
 from pipeline.policy_router import install_policy_error_handler
 from pipeline.policy_router import router as policy_router
 from pipeline.router import router
@@ -20,20 +21,21 @@ from services.common.middleware import RequestContextMiddleware
 from services.common.openapi import install_openapi
 from services.common.tracing import make_tracer
 
-
 # The errors each endpoint answers beyond those every endpoint shares (services.common.openapi.shared_errors):
 # 400 a bad name or option, 403 no admin key, 404 no such collection/task/policy, 409 a conflict, 422 an invalid
-# policy, 503 a service the pipeline needs is down.
+# policy; an endpoint that calls the model services also passes on what they refuse (400, 413, 422) and answers
+# 502 (they failed), 503 (down or busy) and 504 (too slow): pipeline.clients.
+CALLS_SERVICES = {502, 503, 504, *CLIENT_FAULTS}
 ENDPOINT_ERRORS = {
-    ("post", "/v1/collections"): {400, 409, 503},
+    ("post", "/v1/collections"): {409, *CALLS_SERVICES},
     ("delete", "/v1/collections"): {400, 404},
-    ("post", "/v1/documents"): {400, 404, 503},
+    ("post", "/v1/documents"): {404, *CALLS_SERVICES},
     ("get", "/v1/documents"): {400, 404},
     ("delete", "/v1/documents"): {400, 404},
     ("get", "/v1/status"): {404},
-    ("post", "/v1/search"): {400, 404, 503},
-    ("post", "/v1/generate"): {400, 404, 503},
-    ("post", "/v1/chat/completions"): {400, 404, 503},
+    ("post", "/v1/search"): {404, *CALLS_SERVICES},
+    ("post", "/v1/generate"): {404, *CALLS_SERVICES},
+    ("post", "/v1/chat/completions"): {404, *CALLS_SERVICES},
     ("post", "/v1/guardrails/configs/validate"): {422},
     ("post", "/v1/guardrails/configs"): {400, 403, 409},
     ("get", "/v1/guardrails/configs/{policy_id}"): {400, 404},

@@ -209,6 +209,7 @@ class PipelineService:
         the request's guardrails policy unless turned off."""
         turns = [m.turn() for m in request.messages]
         # What the request itself names is checked first (no service called), then what the services serve.
+        request.guardrails_choice()  # conflicting guardrails fields: a 400 before anything is looked up
         collections = await self.collections_for(request) if request.use_knowledge_base else None
         options = self.search_options(request) if collections else None
         policy = await self.policy_for(request)

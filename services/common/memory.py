@@ -2,7 +2,8 @@
 and freed memory handed back to the OS once the service goes idle.
 
 Without it, resident memory grew by hundreds of MiB over a long varied load and stayed there (measured:
-``python -m bench.soak``). Two things keep what they once needed:
+``python -m bench.soak``). Two things here keep what they once needed (the third, llama.cpp's prompt cache, is
+the LLM's ``prompt_cache_mib``):
 
 - ONNX Runtime's CPU arena grows (in powers of two) to the largest batch it has run, attention scores included,
   and never gives anything back: embedding random batches of up to 64 texts took an engine from 420 to 1,040 MiB,
@@ -14,7 +15,7 @@ Without it, resident memory grew by hundreds of MiB over a long varied load and 
 The bound, for the whole process (like the allocator it configures):
 
 - ONNX Runtime runs with ``memory.enable_memory_arena_shrinkage``: after each run the arena frees what it grew
-  beyond its first chunk (same engine and batches: 440-470 MiB under load, at the same CPU time per batch);
+  beyond its first chunk (the same engine and batches: 440-500 MiB under load, about 3% more CPU per batch);
 - at start-up, ``mallopt`` caps glibc's arenas at ``malloc_arena_max`` (as ``MALLOC_ARENA_MAX``);
 - every ``memory_trim_interval_s`` a look at the process's CPU time: once it has been idle for an interval (under
   ``IDLE_CPU_PCT`` of one core) after being busy, a worker thread collects Python's garbage and calls
@@ -22,7 +23,8 @@ The bound, for the whole process (like the allocator it configures):
   each arena's lock while it walks it.
 
 Not done: a fixed mmap threshold (``MALLOC_MMAP_THRESHOLD_``) keeps large blocks out of the arenas, but every
-batch then maps and faults in fresh pages: with ONNX Runtime's arena off it made the engine about 7x slower.
+batch then maps and faults in fresh pages: with ONNX Runtime's arena off, a 1 MiB threshold made the engine
+several times slower (144 s against 21 s for the same batches, once, on a busy machine).
 Elsewhere than glibc (musl, ...) there is nothing to call for the last two: the bound logs that and skips them.
 """
 

@@ -1,7 +1,8 @@
 """The published OpenAPI documents: request schemas under ``components/schemas``, and the error shape documented.
 
 Endpoints parse their bodies themselves (:mod:`services.common.body`), so FastAPI knows nothing of their models:
-``services.common.body.json_body_openapi`` documents one (with :func:`schema_ref`), and :func:`install_openapi` finishes the document FastAPI generates:
+``services.common.body.json_body_openapi`` documents one (with :func:`schema_ref`), and :func:`install_openapi`
+finishes the document FastAPI generates:
 
 - the schema definitions a body carries (``$defs``, the model's and those it uses) move to
   ``components/schemas``, where its ``#/components/schemas/...`` references point;
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel

@@ -141,3 +141,10 @@ def test_upload_form_is_described(documents):
     assert {"collection_name", "blocking", "split_options"} <= options["properties"].keys()
     split = resolver(doc).lookup(options["properties"]["split_options"]["$ref"]).contents
     assert {"chunk_size", "chunk_overlap"} <= split["properties"].keys()
+
+
+def test_pipeline_endpoints_that_call_the_services_document_their_failures(documents):
+    paths = documents["pipeline"]["paths"]
+    for path in ("/v1/search", "/v1/generate", "/v1/chat/completions", "/v1/documents", "/v1/collections"):
+        assert {"502", "503", "504"} <= paths[path]["post"]["responses"].keys(), path
+    assert "503" not in paths["/v1/documents"]["get"]["responses"]  # reads the local store only

@@ -183,8 +183,8 @@ def test_parallel_requests(engine):
 
 def test_unsupported_features_are_400s(engine):
     with pytest.raises(UnsupportedByEngine) as err:
-        engine.check(SamplingParams(max_tokens=5, constraint=Constraint("regex", "[a-z]+")))
-    assert err.value.status_code == 400 and err.value.param == "nvext"
+        engine.check(SamplingParams(max_tokens=5, constraint=Constraint("regex", "[a-z]+", "nvext.guided_regex")))
+    assert err.value.status_code == 400 and err.value.param == "nvext.guided_regex"
     for params in (SamplingParams(max_tokens=5, logit_bias={1: 2.0}), SamplingParams(max_tokens=5, logprobs=3),
                    SamplingParams(max_tokens=5, min_p=0.1)):
         with pytest.raises(UnsupportedByEngine):
