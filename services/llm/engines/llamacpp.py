@@ -92,7 +92,7 @@ class LlamaCppEngine(LLMEngine):
         params.cpuparams.n_threads = params.cpuparams_batch.n_threads = self.threads
         params.verbosity = 4 if self.verbose else 2  # llama.cpp's info level logs every request: warnings up
         params.cache_prompt = True
-        params.cache_ram_mib = self.prompt_cache_mib  # llama.cpp's 8 GiB default let memory grow by ~1 GiB
+        params.cache_ram_mib = self.prompt_cache_mib  # llama.cpp's default, 8 GiB, is bounded only by n_ctx
         params.ctx_shift = False  # a full context ends the answer with "length"; never silently drops the prompt
         params.endpoint_metrics = False
         params.ui = False
