@@ -82,7 +82,8 @@ def _safe_name(filename: str | None) -> str:
     try:
         return checked_document_name(filename or "")
     except ValueError as exc:
-        raise InvalidRequestError(f"Invalid file name {filename!r}: {exc}.", param="documents") from None
+        raise InvalidRequestError(f"Invalid file name {filename!r}: {exc}.", param="documents",
+                                  code="invalid_document_name") from None
 
 
 @router.post("/v1/documents", openapi_extra=upload_form_openapi("documents", "data", UploadOptions))
@@ -95,7 +96,6 @@ async def upload_documents(request: Request) -> Response:
     if not files or not all(isinstance(f, UploadFile) for f in files):
         raise InvalidRequestError("No files: send them as multipart field 'documents' (file parts, with a file "
                                   "name each).", param="documents")
-    _refuse_control_characters([f.filename or "" for f in files], "documents")
     names = [_safe_name(upload.filename) for upload in files]
     _refuse_duplicate_names(names)
     items, parse_limits = [], service.settings.inflate_limits()
@@ -144,8 +144,8 @@ def _upload_options(form: FormData) -> UploadOptions:
 
 
 def _refuse_control_characters(names: list[str], param: str) -> None:
-    """A document name is shown in reports, logs and citations: a NUL, a line break or another control
-    character in one is refused, not stored."""
+    """Names to delete: a NUL, a line break or another control character is refused (uploads are checked by
+    ``_safe_name``, which refuses them too)."""
     for name in names:
         if any(unicodedata.category(char) == "Cc" for char in name):
             raise InvalidRequestError(f"The document name {name!r} holds a control character.", param=param,
