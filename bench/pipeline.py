@@ -69,7 +69,7 @@ from pipeline.clients import ServiceClients
 from pipeline.documents import Chunk, Page, ParsedDocument
 from pipeline.ingest import FILES_IN_FLIGHT, Ingestor
 from pipeline.settings import PipelineSettings
-from pipeline.store import Catalog
+from pipeline.vectorstore.faiss import Catalog
 from services.common.hardware import probe
 
 INGEST_TARGET = 0.8

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from pipeline.store import (
+from pipeline.vectorstore.faiss.schema import (
     STOPWORDS,  # Lucene's English stop set (Anserini's default analyzer drops these too)
 )
 

@@ -3,7 +3,7 @@
     python -m bench.retrieval_quality                            # scifact, cranfield, squad (1,000 sampled queries)
     python -m bench.retrieval_quality --sets scifact --max-queries 50
 
-Each set's corpus goes into a fresh collection of the pipeline's store (``Catalog``, flat index, in a temporary
+Each set's corpus goes into a fresh collection of the pipeline's store (its FAISS backend, flat index, in a temporary
 folder): one chunk per BEIR document, its text title + " " + text (as ``bench.rerank_quality``), embedded by the
 real embedding service over HTTP (``input_type: passage``, ``truncate: END``, through ``ServiceClients`` in the
 pipeline's batches: ``Ingestor.embed_passages``). No file is parsed: each document is a ``ParsedDocument`` with one
@@ -70,7 +70,7 @@ from pipeline.documents import Chunk, Page, ParsedDocument
 from pipeline.ingest import Ingestor
 from pipeline.retrieval import Retriever, SearchOptions
 from pipeline.settings import PipelineSettings
-from pipeline.store import Catalog
+from pipeline.vectorstore.faiss import FaissVectorStore
 from services.common.hardware import probe
 from services.common.settings import default_cache_path
 
@@ -140,13 +140,9 @@ async def index_set(data: EvalSet, collection, ingestor: Ingestor, pids: list[in
     others = meter.read()["others"]
     started = time.perf_counter()
 
-    def write() -> None:
-        for doc_id, text, vector in zip(data.doc_ids, data.doc_texts, vectors):
-            doc, chunk = document_of(doc_id, text)
-            collection.upsert_document(doc, [chunk], vector[None, :])
-        collection.flush()
-
-    await asyncio.to_thread(write)
+    for doc_id, text, vector in zip(data.doc_ids, data.doc_texts, vectors):
+        doc, chunk = document_of(doc_id, text)
+        await collection.upsert_document(doc, [chunk], vector[None, :])
     return {"passages": len(data.doc_ids), "empty_passages": len(data.doc_ids) - len(present), "embed_s": embed_s,
             "passages_per_s": len(present) / embed_s,
             "embed_other_cpu_pct": others, "write_s": time.perf_counter() - started}
@@ -196,13 +192,13 @@ async def run_queries(data: EvalSet, concurrency: int, label: str, one) -> tuple
 async def evaluate_set(data: EvalSet, collection, retriever: Retriever, options: Methods, concurrency: int,
                        pids: list[int], threshold: float) -> dict:
     async def first_stage(text: str) -> tuple[list[str], list[str], list[str]]:
-        dense = await retriever.search(collection, text, options.dense)
-        lexical = await retriever.search(collection, text, options.lexical)
-        hybrid = await retriever.search(collection, text, options.hybrid)
+        dense = await retriever.search([collection], text, options.dense)
+        lexical = await retriever.search([collection], text, options.lexical)
+        hybrid = await retriever.search([collection], text, options.hybrid)
         return doc_ids(dense.hits), doc_ids(lexical.hits), doc_ids(hybrid.hits)
 
     async def reranked(text: str) -> tuple[list[str], list[float], float]:
-        result = await retriever.search(collection, text, options.rerank)
+        result = await retriever.search([collection], text, options.rerank)
         return doc_ids(result.hits), [h.score for h in result.hits], result.timings_ms.get("rerank_ms", 0.0)
 
     meter = ServicesMeter(pids)
@@ -257,7 +253,7 @@ async def off_topic_scores(name: str, args, collection, retriever: Retriever, op
 
     async def best(text: str) -> float | None:
         async with slots:
-            result = await retriever.search(collection, text, options.rerank)
+            result = await retriever.search([collection], text, options.rerank)
         return max((h.score for h in result.hits), default=None)
 
     print(f"    off-topic: {len(texts)} queries of {', '.join(others)}", flush=True)
@@ -376,14 +372,14 @@ async def evaluate_all(args, settings: PipelineSettings, root: Path, pids: list[
     options = methods(settings, args.rerank_candidates or settings.rerank_candidates)
     results = {}
     try:
-        with Catalog(root, use_gpu=False) as catalog:
+        async with FaissVectorStore(root, use_gpu=False) as store:
             for name in args.sets:
                 data = load_set(name, args.max_queries)
                 print(f"{name}: {len(data.doc_ids)} passages, {len(data.query_ids)} of {data.queries_available} "
                       "queries" + (f" (sampled, seed {SEED})" if len(data.query_ids) < data.queries_available
                                    else ""), flush=True)
                 dimension = (await clients.embed(["dimension probe"], "passage")).shape[1]
-                collection = catalog.create(name, int(dimension), "flat")
+                collection = await store.create(name, int(dimension))
                 index = await index_set(data, collection, ingestor, pids)
                 result = await evaluate_set(data, collection, retriever, options, args.concurrency, pids,
                                             settings.relevance_threshold)
@@ -392,7 +388,7 @@ async def evaluate_all(args, settings: PipelineSettings, root: Path, pids: list[
                 if args.off_topic:
                     result["off_topic"] = await off_topic_scores(name, args, collection, retriever, options)
                 results[name] = result
-                catalog.delete(name)
+                await store.delete(name)
     finally:
         await clients.close()
     return results

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from phonenumbers import Leniency, PhoneNumberMatcher
+from stdnum import isbn, luhn
 
 Embed = Callable[[list[str]], Awaitable[np.ndarray]]  # texts -> unit vectors, one row each (the embedding service)
 
@@ -58,18 +59,25 @@ def injection_patterns_in(text: str) -> list[str]:
 
 # --- sensitive data ------------------------------------------------------------------------------------------
 
-def luhn_valid(digits: str) -> bool:
-    total, double = 0, False
-    for char in reversed(digits):
-        d = int(char) * (2 if double else 1)
-        total += d - 9 if d > 9 else d
-        double = not double
-    return total % 10 == 0
+def is_card_number(digits: str) -> bool:
+    """13 to 19 digits (what the pattern finds) that pass the Luhn check and are not an ISBN-13. One ISBN-13 in
+    ten passes the Luhn check, and a card number is never one: an ISBN-13 starts 978 or 979, where no network
+    issues 13-digit numbers (13-digit cards are Visa's, 4...); a 16-digit Troy card (9792...) is not an ISBN."""
+    return luhn.is_valid(digits) and isbn.isbn_type(digits) != "ISBN13"
+
+
+# An ISBN written as one is not a phone number, whatever the number plans say: "ISBN" before it ("ISBN 0306406152",
+# "ISBN-13: 978 1 4028 9462 6"), or its hyphens where the ISBN ranges put them, between registration group,
+# publisher, title and a lone check digit ("0-306-40615-2", a valid number in Germany and France): no number plan
+# groups a phone number so. The check digit alone would not do: one phone number in eleven passes the ISBN-10
+# check, so "0306406152" or "030 6406152" unlabelled stays a phone number (Berlin's).
+WRITTEN_ISBN = re.compile(r"(?<![\w-])(?P<label>ISBN(?:-1[03])?:?\s*)?"
+                          r"(?P<number>(?:\d[ -]?){12}\d|(?:\d[ -]?){9}[\dX])(?![\w-])", re.IGNORECASE)
 
 
 SENSITIVE_PATTERNS: dict[str, re.Pattern] = {
     "email": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
-    # 13 to 19 digits, in groups separated by single spaces or dashes; kept only when the Luhn check passes.
+    # 13 to 19 digits, in groups separated by single spaces or dashes; kept only when is_card_number.
     "card_number": re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"),
 }
 MASKS = {"email": "[EMAIL]", "card_number": "[CARD NUMBER]", "phone": "[PHONE]"}
@@ -90,11 +98,19 @@ class Span:
 
 
 def phone_spans(text: str, regions: Iterable[str] = DEFAULT_PHONE_REGIONS) -> list[Span]:
-    """Valid phone numbers in ``text``: international ones, and national ones of any of ``regions``."""
+    """Valid phone numbers in ``text``: international ones, and national ones of any of ``regions``; not an IP
+    address (192.168.1.254 is a valid number in India) nor an ISBN written as one."""
+    isbns = written_isbn_spans(text)
     found = {(match.start, match.end) for region in (tuple(regions) or (None,))
              for match in PhoneNumberMatcher(text, region, leniency=PHONE_LENIENCY)
-             if not _is_ip_address(match.raw_string)}  # 192.168.1.254 is a valid number in India
+             if not _is_ip_address(match.raw_string) and not _overlaps(Span(match.start, match.end, "phone"), isbns)}
     return [Span(start, end, "phone") for start, end in sorted(found, key=lambda s: (s[0], -s[1]))]
+
+
+def written_isbn_spans(text: str) -> list[Span]:
+    """Valid ISBNs in ``text`` that are written as ISBNs (see WRITTEN_ISBN), with their label."""
+    return [Span(m.start(), m.end(), "isbn") for m in WRITTEN_ISBN.finditer(text)
+            if isbn.is_valid(m["number"]) and (m["label"] or m["number"].upper() == isbn.format(m["number"]))]
 
 
 def _is_ip_address(text: str) -> bool:
@@ -110,7 +126,7 @@ def _candidates(text: str, kind: str, phone_regions: Iterable[str]) -> list[Span
         return phone_spans(text, phone_regions)
     spans = [Span(m.start(), m.end(), kind) for m in SENSITIVE_PATTERNS[kind].finditer(text)]
     if kind == "card_number":
-        spans = [s for s in spans if luhn_valid(re.sub(r"\D", "", text[s.start:s.end]))]
+        spans = [s for s in spans if is_card_number(re.sub(r"\D", "", text[s.start:s.end]))]
     return spans
 
 
@@ -122,9 +138,13 @@ def sensitive_spans(text: str, kinds: frozenset[str], phone_regions: Iterable[st
         if kind not in kinds:
             continue
         for span in _candidates(text, kind, phone_regions):
-            if all(span.end <= s.start or span.start >= s.end for s in taken):
+            if not _overlaps(span, taken):
                 taken.append(span)
     return sorted(taken, key=lambda s: s.start)
+
+
+def _overlaps(span: Span, spans: list[Span]) -> bool:
+    return any(span.start < s.end and s.start < span.end for s in spans)
 
 
 def mask_spans(text: str, spans: list[Span]) -> str:
@@ -169,6 +189,8 @@ class StreamMasker:
         limit = len(self._pending) - self.hold
         if limit <= 0:
             return 0
+        # Nor between "ISBN" and its number: what follows alone could be taken for a phone number.
+        spans = spans + written_isbn_spans(self._pending)
         places = (m.start() for m in SAFE_CUT.finditer(self._pending, 0, limit + 1))
         cut = max((p for p in places if not _inside(p, spans)), default=0)
         if cut == 0 and len(self._pending) > self.max_hold:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -11,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from nimrag.errors import EXIT_CODES_HELP, CLIError, Exit
+from nimrag.errors import EXIT_CODES_HELP, CLIError, Exit, load_settings
 
 
 def _load(target: str):
@@ -29,7 +30,7 @@ class ServiceEntry:
 
 SERVICES: dict[str, ServiceEntry] = {
     "embed": ServiceEntry("services.embed.settings:EmbedSettings",
-                          "services.common.encoder_profiles:ENCODER_PROFILES", "services.embed.app:create_app"),
+                          "services.embed.profiles:EMBED_PROFILES", "services.embed.app:create_app"),
     "llm": ServiceEntry("services.llm.settings:LLMSettings", "services.llm.profiles:LLM_PROFILES",
                         "services.llm.app:create_app"),
     "pipeline": ServiceEntry("pipeline.settings:PipelineSettings", None, "pipeline.app:create_app"),
@@ -50,6 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from services.common.errors import StartupError
     from services.common.logs import configure_logging
+    from services.common.parent import watch_parent
 
     _offline_env()
     entry = SERVICES[args.service]
@@ -57,9 +59,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                    "model": args.model}.items() if v is not None}
     if entry.profiles is None and ({"profile", "model"} & set(overrides)):
         raise CLIError(f"{args.service} serves no model: --profile and --model do not apply")
-    settings = _load(entry.settings)(**overrides)
+    settings = load_settings(_load(entry.settings), **overrides)
     configure_logging(settings.log_level, settings.json_logs)
     try:
+        watch_parent()  # started by `nimrag up`: stop once it is gone, even SIGKILLed
         app = _load(entry.app_factory)(settings)
     except StartupError as exc:
         raise CLIError(str(exc)) from None
@@ -78,7 +81,7 @@ def cmd_profiles_list(args: argparse.Namespace) -> int:
         entry = SERVICES[name]
         profiles = _load(entry.profiles)
         compatible, incompatible = evaluate(profiles, hw)
-        pinned = _load(entry.settings)().profile
+        pinned = load_settings(_load(entry.settings)).profile
         try:
             selected = select_profile(profiles, hw, pinned).profile.id
         except ProfileError as exc:
@@ -102,6 +105,22 @@ def cmd_profiles_list(args: argparse.Namespace) -> int:
         for p in r["incompatible"]:
             print(f"    {p['id']:<{width}} {'; '.join(p['reasons'])}")
     return 0
+
+
+def cmd_triton_serve(args: argparse.Namespace) -> int:
+    from services.common.errors import StartupError
+    from services.common.logs import configure_logging
+
+    _offline_env()
+    configure_logging("INFO", json_logs=False)
+    if importlib.util.find_spec("pytriton") is None:  # the optional extra `triton`
+        raise CLIError("nimrag triton serve needs nvidia-pytriton: pip install 'nimrag[triton]'")
+    from nimrag.triton.server import serve
+
+    try:
+        return serve(args)
+    except (StartupError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -148,7 +167,7 @@ def _demo(platform) -> None:
 def _pipeline_client(args: argparse.Namespace) -> tuple[str, dict]:
     from pipeline.settings import PipelineSettings
 
-    settings = PipelineSettings()
+    settings = load_settings(PipelineSettings)
     url = args.url or f"http://127.0.0.1:{settings.port}"
     keys = settings.api_key_list
     return url.rstrip("/"), ({"Authorization": f"Bearer {keys[0]}"} if keys else {})
@@ -268,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     ask.set_defaults(func=cmd_ask)
 
     _add_policy_parser(sub)
+
+    triton = sub.add_parser("triton", help="a Triton Inference Server hosting nimrag's CPU engines")
+    triton_serve = triton.add_subparsers(dest="triton_command", required=True).add_parser(
+        "serve", help="serve the embedding, reranking and LLM models in Triton (PyTriton), for the services' "
+                      "Triton profiles")
+    _load("nimrag.triton.arguments:add_arguments")(triton_serve)
+    triton_serve.set_defaults(func=cmd_triton_serve)
 
     profiles = sub.add_parser("profiles", help="optimization profiles")
     profiles_sub = profiles.add_subparsers(dest="profiles_command", required=True)

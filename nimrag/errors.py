@@ -43,6 +43,23 @@ class CLIError(Exception):
         self.status = status
 
 
+def load_settings(settings_class: type, **overrides):
+    """A service's settings from the environment and ``overrides`` (command-line options); a value that does not
+    validate is one line per field naming its variable, not pydantic's traceback."""
+    from pydantic import ValidationError
+
+    try:
+        return settings_class(**overrides)
+    except ValidationError as exc:
+        prefix = settings_class.model_config.get("env_prefix", "")
+
+        def source(field: str) -> str:  # where the person set it
+            return f"--{field.replace('_', '-')}" if field in overrides else f"{prefix}{field.upper()}"
+
+        problems = [f"{source('_'.join(map(str, e['loc'])))}={e.get('input')!r}: {e['msg']}" for e in exc.errors()]
+        raise CLIError("invalid setting " + "; ".join(problems)) from None
+
+
 def code_for_status(status: int) -> Exit:
     if status in UNAVAILABLE_STATUSES:
         return Exit.UNAVAILABLE

@@ -1,16 +1,21 @@
 """``nimrag up``: the whole platform on one host, each service its own process on a loopback port.
 
 Checks that every port is free, starts embed, rerank and the LLM, waits until each is ready, then the pipeline
-pointed at them. Each service's full log goes to ``<log_dir>/<service>.log``; the console (``Console``) gets one
-line per service when it is ready, then its warnings and errors only (everything with ``verbose``). A service
-that exits is an error naming it and its last log line. However ``nimrag up`` ends, every child is stopped:
-SIGTERM to its process group, SIGKILL after a grace period.
+pointed at them. A port already held stops it before anything starts, naming the process that holds it (pid and
+command line, from the system's socket table through psutil) or saying that this user cannot see it. Each
+service's full log goes to ``<log_dir>/<service>.log``; the console (``Console``) gets one line per service when it
+is ready, then its warnings and errors only (everything with ``verbose``). A service that exits is an error naming
+it and its last log line. However ``nimrag up`` ends, every child is stopped: SIGTERM to its process group, SIGKILL
+after a grace period. Even a SIGKILL of ``nimrag up``, which it cannot see coming, stops them: each child watches
+its parent pid (services.common.parent) and stops itself once it is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -21,13 +26,16 @@ from pathlib import Path
 from typing import NoReturn
 
 import httpx
+import psutil
 
 from nimrag.console import Console, ServiceLog
-from nimrag.errors import response_message
+from nimrag.errors import load_settings, response_message
+from services.common.parent import PARENT_LOG_ENV, PARENT_PID_ENV
 
 START_ORDER = ("embed", "rerank", "llm", "pipeline")
 STOP_GRACE_S = 15.0  # SIGTERM, then SIGKILL after this
 POLL_S = 0.25
+COMMAND_WIDTH = 80  # a port holder's command line, shortened to this
 
 
 class PlatformError(RuntimeError):
@@ -46,7 +54,7 @@ def configured_ports() -> dict[str, int]:
     """Each service's port from its own settings (``NIMRAG_EMBED_PORT``...), as ``nimrag serve`` uses them."""
     from nimrag.cli import SERVICES, _load
 
-    return {name: _load(SERVICES[name].settings)().port for name in START_ORDER}
+    return {name: load_settings(_load(SERVICES[name].settings)).port for name in START_ORDER}
 
 
 def pipeline_env(ports: dict[str, int]) -> dict[str, str]:
@@ -56,19 +64,58 @@ def pipeline_env(ports: dict[str, int]) -> dict[str, str]:
 
 
 def port_holder(port: int) -> str | None:
-    """None when ``port`` can be bound on loopback; otherwise what holds it, as far as we can tell."""
+    """None when ``port`` can be bound on loopback; otherwise who holds it, as far as this user can see."""
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no holder
         try:
             probe.bind(("127.0.0.1", port))
             return None
         except OSError as exc:
-            reason = exc.strerror or str(exc)
+            if exc.errno != errno.EADDRINUSE:  # a privileged port, no loopback address...: no holder to name
+                raise
+    holder = socket_owner(port)
     try:
         release = httpx.get(f"http://127.0.0.1:{port}/v1/version", timeout=2).json()["release"]
-        return f"a nimrag service (release {release}; is another `nimrag up` running?)"
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        return f"another program ({reason})"
+        return holder
+    return f"{holder}, which answers as nimrag {release} (is another `nimrag up` running?)"
+
+
+def socket_owner(port: int) -> str:
+    """The process whose TCP socket is bound to ``port`` ("pid 1234 (python -m http.server 8001)"), from the
+    system's socket table; when that does not say (another user's process, or macOS, which shows each user only
+    their own), that it cannot be seen."""
+    try:
+        sockets = [(s.pid, s) for s in psutil.net_connections(kind="tcp")]
+    except psutil.AccessDenied:  # macOS: the table is root's; each of our own processes can be asked instead
+        sockets = _own_processes_sockets()
+    pids = {pid for pid, s in sockets if pid and s.laddr and s.laddr.port == port and not s.raddr}
+    if not pids:
+        return "a process this user cannot see"
+    pid = min(pids)  # several share it (a pre-forking server): the first is usually the one that started them
+    try:
+        return f"pid {pid} ({_short_command(psutil.Process(pid))})"
+    except psutil.NoSuchProcess:
+        return f"pid {pid} (exited just now)"
+
+
+def _own_processes_sockets() -> list[tuple[int, object]]:
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):  # another user's, or gone meanwhile
+            found += [(process.pid, s) for s in process.net_connections(kind="tcp")]
+    return found
+
+
+def _short_command(process: psutil.Process, width: int = COMMAND_WIDTH) -> str:
+    try:
+        argv = process.cmdline() or [process.name()]  # empty for a zombie
+    except psutil.AccessDenied:
+        with contextlib.suppress(psutil.AccessDenied):
+            return process.name()
+        return "its command is hidden from this user"
+    text = " ".join(shlex.join([Path(argv[0]).name, *argv[1:]]).split())  # the program by name; on one line
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def check_ports(ports: dict[str, int]) -> None:
@@ -77,7 +124,11 @@ def check_ports(ports: dict[str, int]) -> None:
         if port in seen:
             raise PlatformError(f"{seen[port]} and {name} are both set to port {port}")
         seen[port] = name
-        holder = port_holder(port)
+        try:
+            holder = port_holder(port)
+        except OSError as exc:
+            raise PlatformError(f"port {port} ({name}) cannot be bound on 127.0.0.1 ({exc.strerror or exc}); give "
+                                f"{name} another port with NIMRAG_{name.upper()}_PORT") from None
         if holder:
             raise PlatformError(f"port {port} ({name}) is in use by {holder}; stop it, or give {name} another port "
                                 f"with NIMRAG_{name.upper()}_PORT")
@@ -167,9 +218,10 @@ class Platform:
         self.check_alive()  # a foreign server on a port could have answered for a child that failed to bind
 
     def _spawn(self, name: str, extra_env: dict | None = None) -> Running:
-        env = {**os.environ, **self.env, **(extra_env or {}),
-               f"NIMRAG_{name.upper()}_JSON_LOGS": "true" if self.json_logs else "false"}
         log = ServiceLog(name, self.log_dir / f"{name}.log", self.console)
+        env = {**os.environ, **self.env, **(extra_env or {}),
+               f"NIMRAG_{name.upper()}_JSON_LOGS": "true" if self.json_logs else "false",
+               PARENT_PID_ENV: str(os.getpid()), PARENT_LOG_ENV: str(log.path)}  # it stops if we are SIGKILLed
         with self._signals.deferred():
             process = subprocess.Popen([sys.executable, "-m", "nimrag.cli", "serve", name, "--port",
                                         str(self.ports[name])], env=env, stdout=subprocess.PIPE,
@@ -253,4 +305,4 @@ def _default_log_dir(env: dict) -> Path:
     from pipeline.settings import PipelineSettings
 
     data = env.get("NIMRAG_PIPELINE_DATA_PATH")
-    return (Path(data) if data else PipelineSettings().data_path) / "logs"
+    return (Path(data) if data else load_settings(PipelineSettings).data_path) / "logs"

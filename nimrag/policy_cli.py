@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from nimrag.errors import CLIError, Exit, from_response, no_pipeline
+from nimrag.errors import CLIError, Exit, from_response, load_settings, no_pipeline
 
 API = "/v1/guardrails/configs"
 SKIPPED_NAMES = {"__pycache__"}
@@ -136,7 +136,7 @@ async def _validate_locally(files: dict[str, str]) -> dict:
     from guardrails.validation import validate_policy
     from pipeline.settings import PipelineSettings
 
-    settings = PipelineSettings()
+    settings = load_settings(PipelineSettings)
     endpoints = await _local_endpoints(settings)
     problems = await asyncio.to_thread(validate_policy, files, endpoints, settings.guardrails_allow_python,
                                        settings.guardrails_max_policy_bytes)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import httpx
 
-from nimrag.errors import CLIError, Exit, from_api_error, from_error, from_response, lost_pipeline
+from nimrag.errors import CLIError, Exit, from_api_error, from_error, from_response, load_settings, lost_pipeline
 from nimrag.inputs import InputFile, named_inputs
 
 UPLOAD_BATCH_FILES = 16  # files per upload request when talking to a running pipeline
@@ -136,12 +136,12 @@ async def _ingest_local(files: list[InputFile], collection, chunk_size, chunk_ov
                         outcome: IngestOutcome) -> None:
     from pipeline.ingest import IngestItem
     from pipeline.loaders import parse_file
-    from pipeline.service import PipelineService
+    from pipeline.app import build_service
     from pipeline.settings import PipelineSettings
     from services.common.errors import APIError
 
-    settings = PipelineSettings()
-    service = PipelineService(settings)
+    settings = load_settings(PipelineSettings)
+    service = build_service(settings)
     try:
         await service.clients.model("embed")  # nothing running: say so before reading a file
         target = await service.ensure_collection(collection)
@@ -152,11 +152,9 @@ async def _ingest_local(files: list[InputFile], collection, chunk_size, chunk_ov
                 outcome.files.append(asdict(report))
                 bar.update(1)
 
-            try:
-                await service.ingestor.ingest(target, items, service.chunker(chunk_size, chunk_overlap),
-                                              on_file=collect)
-            finally:
-                await asyncio.to_thread(target.flush)
+            # service.close() below persists what the store caches (the FAISS index), whatever happens
+            await service.ingestor.ingest(target, items, service.chunker(chunk_size, chunk_overlap),
+                                          on_file=collect)
     except APIError as exc:
         outcome.stopped = from_api_error(exc, settings)
         if not outcome.files:  # stopped before any file: the error alone says it
@@ -221,12 +219,12 @@ async def _ask_local(body: dict, as_json: bool) -> int:
 
     from pipeline.protocol import GenerateRequest
     from pipeline.responses import AnswerShape
-    from pipeline.service import PipelineService
+    from pipeline.app import build_service
     from pipeline.settings import PipelineSettings
     from services.common.errors import APIError
 
-    settings = PipelineSettings()
-    service = PipelineService(settings)
+    settings = load_settings(PipelineSettings)
+    service = build_service(settings)
     state = {"text": "", "citations": [], "metrics": None}
     try:
         events = await service.answer(GenerateRequest.model_validate(body))

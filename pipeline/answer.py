@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from guardrails.runtime import PolicyRuntime, Verdict
 from pipeline.clients import ServiceClients
+from pipeline.vectorstore.base import ChunkId, VectorCollection
 from pipeline.retrieval import (
     Hit,
     Retriever,
@@ -36,7 +37,7 @@ class Citation:
     source: str
     page: int | None
     chunk_index: int
-    chunk_id: int
+    chunk_id: ChunkId
     score: float
     text: str
     collection_name: str
@@ -72,7 +73,7 @@ class Answerer:
         self.clients = clients
         self.retriever = retriever
 
-    async def answer(self, collections: list, turns: list[dict], options: SearchOptions, params: dict,
+    async def answer(self, collections: list[VectorCollection], turns: list[dict], options: SearchOptions, params: dict,
                      policy: PolicyRuntime | None = None, verdict: Verdict | None = None
                      ) -> AsyncIterator[AnswerEvent]:
         """The answer from ``collections`` (searched as one); ``params`` are the LLM's (max_tokens required)."""

@@ -1,19 +1,33 @@
-"""Build the pipeline app (``nimrag serve pipeline``; ``uvicorn --factory pipeline.app:create_app``)."""
+"""Build the pipeline app (``nimrag serve pipeline``; ``uvicorn --factory pipeline.app:create_app``).
+
+The composition root: ``build_service`` makes every collaborator (store, clients, retriever, answerer,
+ingestor, guardrails, task store) from the settings and hands them to PipelineService; nothing else builds them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
+from functools import partial
 
 from fastapi import FastAPI
 
+from guardrails.runtime import Endpoints, Guardrails
 from guardrails.service import PolicyService
-from pipeline.clients import CLIENT_FAULTS
+from guardrails.store import PolicyStore
+from pipeline.answer import SYSTEM_PROMPT, Answerer
+from pipeline.clients import CLIENT_FAULTS, ServiceClients
+from pipeline.ingest import Ingestor
+from pipeline.metrics import PipelineMetrics
 from pipeline.policy_router import install_policy_error_handler
 from pipeline.policy_router import router as policy_router
+from pipeline.retrieval import Retriever
 from pipeline.router import router
 from pipeline.service import PipelineService
 from pipeline.settings import PipelineSettings
+from pipeline.tasks import TaskStore
+from pipeline.vectorstore import open_vector_store
 from services.common.app import package_version, probe_router
 from services.common.errors import install_error_handlers
 from services.common.metrics import ServiceMetrics
@@ -58,10 +72,37 @@ def accepted_keys(settings: PipelineSettings) -> list[str]:
     return [*keys, settings.admin_api_key] if keys and settings.admin_api_key else keys
 
 
-def create_app(settings: PipelineSettings | None = None) -> FastAPI:
+async def guardrails_endpoints(settings: PipelineSettings, clients: ServiceClients) -> Endpoints:
+    """Where a policy's own rails reach the models: the services this pipeline uses."""
+    return Endpoints(llm_url=settings.llm_url, llm_model=await clients.model("llm"), embed_url=settings.embed_url,
+                     embed_model=await clients.model("embed"), api_key=settings.service_api_key)
+
+
+def build_service(settings: PipelineSettings, metrics: ServiceMetrics | None = None) -> PipelineService:
+    """The pipeline's world, from its settings (the CLI builds one too, without the HTTP app)."""
+    clients = ServiceClients(settings)
+    retriever = Retriever(clients)
+    policy_store = PolicyStore(settings.data_path / "guardrails")
+    endpoints = partial(guardrails_endpoints, settings, clients)
+    guardrails = Guardrails(policy_store, endpoints, lambda texts: clients.embed(texts, "query"),
+                            protected_texts=[SYSTEM_PROMPT], allow_python=settings.guardrails_allow_python)
+    return PipelineService(
+        settings, store=open_vector_store(settings), clients=clients, retriever=retriever,
+        answerer=Answerer(clients, retriever), ingestor=Ingestor(clients, settings), guardrails=guardrails,
+        policy_store=policy_store, guardrails_endpoints=endpoints,
+        tasks=TaskStore(settings.data_path / "tasks.sqlite"),
+        metrics=PipelineMetrics(metrics or ServiceMetrics("pipeline")))
+
+
+ServiceFactory = Callable[[PipelineSettings, ServiceMetrics], PipelineService]
+
+
+def create_app(settings: PipelineSettings | None = None, build: ServiceFactory = build_service) -> FastAPI:
+    """The HTTP app over the service ``build`` makes (tests pass one that swaps collaborators for fakes); its
+    metrics go to the app's own registry."""
     settings = settings or PipelineSettings()
     metrics = ServiceMetrics("pipeline")
-    service = PipelineService(settings, metrics)
+    service = build(settings, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -23,6 +23,7 @@ from pipeline.clients import ServiceClients
 from pipeline.documents import ParsedDocument
 from pipeline.loaders import DocumentError
 from pipeline.settings import PipelineSettings
+from pipeline.vectorstore.base import VectorCollection
 
 # Documents between parsing and storing at once. Enough that their passages fill the embedder's batches while
 # it is busy (most files make one or two chunks), few enough to bound memory on a large folder.
@@ -168,7 +169,7 @@ class Ingestor:
     async def close(self) -> None:
         await self._batcher.close()
 
-    async def ingest(self, collection, items: list[IngestItem], chunker: Chunker,
+    async def ingest(self, collection: VectorCollection, items: list[IngestItem], chunker: Chunker,
                      on_file: Callable[[FileReport], Awaitable[None]] | None = None) -> IngestReport:
         """Every item gets a FileReport (through ``on_file`` as it is done, and in the report). A failure that is
         not the file's own stops the ingest: the files not started by then fail with it, then it is raised."""
@@ -197,19 +198,19 @@ class Ingestor:
             raise stopped_by[0]
         return report
 
-    async def _ingest_one(self, collection, item: IngestItem, chunker: Chunker) -> FileReport:
+    async def _ingest_one(self, collection: VectorCollection, item: IngestItem, chunker: Chunker) -> FileReport:
         try:
             async with self._parses:
                 doc = await asyncio.to_thread(item.load)
         except DocumentError as exc:  # its reason only: the report names the file already
             return FileReport(item.source, "failed", reason=exc.reason)
-        if await asyncio.to_thread(collection.document_hash, doc.source) == doc.content_hash:
+        if await collection.document_hash(doc.source) == doc.content_hash:
             return FileReport(doc.source, "unchanged")
         chunks = await asyncio.to_thread(chunker.split, doc)
         if not chunks:
             return FileReport(doc.source, "failed", reason="no text to index")
         vectors = await self.embed_passages([c.text for c in chunks])
-        result = await asyncio.to_thread(collection.upsert_document, doc, chunks, vectors)
+        result = await collection.upsert_document(doc, chunks, vectors)
         return FileReport(doc.source, result.status, len(chunks))
 
     async def embed_passages(self, texts: list[str]) -> np.ndarray:

@@ -16,12 +16,15 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from services.common.errors import InvalidRequestError
 from services.common.fields import RequestModel, Unsupported
+from services.common.openapi import NON_BLANK, served_rule, setting_limit
 from services.llm.protocol import CHAT_UNSUPPORTED as LLM_CHAT_UNSUPPORTED
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 PIPELINE_MODEL = "nimrag-rag"  # the pipeline's own name for its answers: the LLM service's default model
 CollectionName = Annotated[str, Field(pattern=NAME_PATTERN)]
 StopSequence = Annotated[str, Field(min_length=1, max_length=256)]
+StopInput = StopSequence | Annotated[list[StopSequence], Field(max_length=256)] | None
+QUESTION_LAST = "The last one is the user's question, not blank."
 
 # --- known but unsupported fields ------------------------------------------------------------------------------
 # The Blueprint's request fields beyond those declared below, from its rag_server Prompt / DocumentSearch and its
@@ -119,20 +122,27 @@ class Filter(RequestModel):
 
 class Message(RequestModel):
     role: Literal["system", "user", "assistant"]
-    content: str = Field(..., max_length=65536)
+    content: str = Field(..., max_length=65536, description="The last message's: not blank.")
 
     def turn(self) -> dict:
         """The message as the LLM gets it: its declared fields only (undeclared ones were named back)."""
         return {"role": self.role, "content": self.content}
 
 
+# confidence_threshold needs the reranker: refused when the request turns it off (or the server does).
+_THRESHOLD_NEEDS_RERANKER = {"anyOf": [{"properties": {"confidence_threshold": {"enum": [None, 0]}}},
+                                       {"properties": {"enable_reranker": {"enum": [None, True]}}}]}
+
+
 class RetrievalKnobs(RequestModel):
+    model_config = ConfigDict(json_schema_extra=_THRESHOLD_NEEDS_RERANKER)
+
     collection_name: CollectionName | None = Field(None, description="One collection (nimrag's, and the "
-                                                   "Blueprint's before collection_names).")
-    collection_names: list[CollectionName] | None = Field(None, min_length=1, description="The Blueprint's: "
-                                                          "search these collections together (one candidate "
-                                                          "pool, reranked together); at most "
-                                                          "NIMRAG_PIPELINE_MAX_COLLECTIONS_PER_QUERY.")
+                                                   "Blueprint's before collection_names); with "
+                                                   "collection_names, the one they name.")
+    collection_names: Annotated[list[CollectionName], setting_limit(maxItems="max_collections_per_query")] | None = \
+        Field(None, min_length=1, description="The Blueprint's: search these collections together (one candidate "
+              "pool, reranked together); at most NIMRAG_PIPELINE_MAX_COLLECTIONS_PER_QUERY.")
     vdb_top_k: int | None = Field(None, ge=1, le=1000)
     reranker_top_k: int | None = Field(None, ge=1, le=100)
     enable_reranker: bool | None = None
@@ -166,11 +176,15 @@ class SearchRequest(RetrievalKnobs):
     """``POST /v1/search``: the query, or the conversation it comes from (``messages``, as the Blueprint's)."""
 
     unsupported_fields = SEARCH_UNSUPPORTED
+    model_config = ConfigDict(json_schema_extra={"allOf": [_THRESHOLD_NEEDS_RERANKER, {
+        "anyOf": [{"required": ["query"], "properties": {"query": {"type": "string"}}},
+                  {"required": ["messages"], "properties": {"messages": {"type": "array", "minItems": 1}}}]}]})
 
-    query: str | None = Field(None, min_length=1, max_length=65536)
+    query: Annotated[str, served_rule(pattern=NON_BLANK)] | None = Field(None, min_length=1, max_length=65536,
+                                                                         description="Not blank.")
     messages: list[Message] | None = Field(None, max_length=64, description="Without a query: searched as a "
-                                           "follow-up is (the last question with the one before it); with one: "
-                                           "the conversation before it.")
+                                           "follow-up is (the last question, the user's and not blank, with "
+                                           "the one before it); with one: the conversation before it.")
     enable_citations: bool | None = Field(None, description="The Blueprint's switch for image/table/chart "
                                           "content; results here are text chunks, always returned.")
 
@@ -211,12 +225,23 @@ def _ends_with_a_question(messages: list[Message]) -> list[Message]:
     return messages
 
 
+def _switches_agree(on: bool) -> dict:
+    return {"properties": {"enable_guardrails": {"const": on},
+                           "guardrails": {"properties": {"enabled": {"const": on}}}}}
+
+
+# enable_guardrails and guardrails.enabled agree when both are given.
+_GUARDRAILS_SWITCHES_AGREE = {"anyOf": [{"properties": {"enable_guardrails": {"type": "null"}}},
+                                        _switches_agree(True), _switches_agree(False)]}
+
+
 class GenerateRequest(RetrievalKnobs):
     """``POST /v1/generate``: the Blueprint's ``Prompt``."""
 
     unsupported_fields = GENERATE_UNSUPPORTED
+    model_config = ConfigDict(json_schema_extra={"allOf": [_THRESHOLD_NEEDS_RERANKER, _GUARDRAILS_SWITCHES_AGREE]})
 
-    messages: list[Message] = Field(..., min_length=1, max_length=64)
+    messages: list[Message] = Field(..., min_length=1, max_length=64, description=QUESTION_LAST)
     use_knowledge_base: bool = True
     stream: bool = True
     max_tokens: int | None = Field(None, ge=1, le=32768)
@@ -227,7 +252,8 @@ class GenerateRequest(RetrievalKnobs):
     model: str | None = Field(None, max_length=256, description=f"A model the LLM service serves; "
                               f"'{PIPELINE_MODEL}' or none: its default.")
     enable_citations: bool = Field(True, description="False: the answer comes without its citations.")
-    enable_guardrails: bool | None = Field(None, description="The Blueprint's switch: guardrails.enabled.")
+    enable_guardrails: bool | None = Field(None, description="The Blueprint's switch: guardrails.enabled (the "
+                                           "same when both are given).")
     guardrails: GuardrailsOptions = Field(default_factory=GuardrailsOptions)
 
     @field_validator("messages")
@@ -235,7 +261,7 @@ class GenerateRequest(RetrievalKnobs):
     def _question_last(cls, v: list[Message]) -> list[Message]:
         return _ends_with_a_question(v)
 
-    @field_validator("stop", mode="before")
+    @field_validator("stop", mode="before", json_schema_input_type=StopInput)
     @classmethod
     def _stop_list(cls, v):
         return [v] if isinstance(v, str) else v
@@ -267,7 +293,8 @@ class CreateCollection(RequestModel):
 
 class SplitOptions(RequestModel):
     chunk_size: int | None = Field(None, ge=16, le=8192)
-    chunk_overlap: int | None = Field(None, ge=0, le=4096)
+    chunk_overlap: int | None = Field(None, ge=0, le=4096, description="Less than chunk_size (the server's "
+                                      "NIMRAG_PIPELINE_CHUNK_SIZE when that is not given).")
 
 
 class UploadOptions(RequestModel):

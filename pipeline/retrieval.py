@@ -1,4 +1,4 @@
-"""Hybrid retrieval: dense (FAISS) and lexical (SQLite FTS5 BM25) fused by reciprocal rank, then reranked.
+"""Hybrid retrieval: dense and lexical (BM25) searches of the store fused by reciprocal rank, then reranked.
 
 Several collections are searched as one: each adds its dense and lexical rankings to one fusion (ranks, not
 scores, so collections compare fairly), and the fused candidates of all of them are reranked together.
@@ -11,20 +11,19 @@ import asyncio
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 
 from pipeline.clients import ServiceClients
 from pipeline.documents import Chunk
+from pipeline.vectorstore.base import ChunkId, SearchHit, VectorCollection
 
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal rank fusion
 
 
 @dataclass
 class Hit:
-    collection: Any  # the pipeline.store.Collection the chunk is in
-    chunk_id: int
+    collection: VectorCollection  # the collection the chunk is in
+    chunk_id: ChunkId
     chunk: Chunk
     score: float  # the final ranking score (reranker's, or fused)
     dense_rank: int | None = None
@@ -72,7 +71,7 @@ class Retriever:
     def __init__(self, clients: ServiceClients):
         self.clients = clients
 
-    async def search(self, collections: Sequence, query: str, options: SearchOptions) -> SearchResult:
+    async def search(self, collections: Sequence[VectorCollection], query: str, options: SearchOptions) -> SearchResult:
         """The best chunks of ``collections`` for ``query``; a chunk is keyed (collection's position, id)."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -104,24 +103,26 @@ class Retriever:
         return None if options.mode == "lexical" else (await self.clients.embed([query], "query"))[0]
 
     @staticmethod
-    async def _dense(collection, vector: np.ndarray | None, options: SearchOptions) -> list[tuple[int, float]]:
+    async def _dense(collection: VectorCollection, vector: np.ndarray | None,
+                     options: SearchOptions) -> list[SearchHit]:
         if vector is None:
             return []
-        return await asyncio.to_thread(collection.dense_search, vector, options.vdb_top_k, options.sources)
+        return await collection.dense_search(vector, options.vdb_top_k, options.sources)
 
     @staticmethod
-    async def _lexical(collection, query: str, options: SearchOptions) -> list[tuple[int, float]]:
+    async def _lexical(collection: VectorCollection, query: str, options: SearchOptions) -> list[SearchHit]:
         if options.mode == "dense":
             return []
-        return await asyncio.to_thread(collection.lexical_search, query, options.vdb_top_k, options.sources)
+        return await collection.lexical_search(query, options.vdb_top_k, options.sources)
 
     @staticmethod
-    async def _chunks(collections: Sequence, keys: list[tuple[int, int]]) -> dict[tuple[int, int], Chunk]:
+    async def _chunks(collections: Sequence[VectorCollection],
+                      keys: list[tuple[int, ChunkId]]) -> dict[tuple[int, ChunkId], Chunk]:
         """The chunks of these (collection position, id) keys; a chunk deleted meanwhile is left out."""
-        wanted: dict[int, list[int]] = {}
+        wanted: dict[int, list[ChunkId]] = {}
         for i, chunk_id in keys:
             wanted.setdefault(i, []).append(chunk_id)
-        found = await asyncio.gather(*[asyncio.to_thread(collections[i].get_chunks, ids) for i, ids in wanted.items()])
+        found = await asyncio.gather(*[collections[i].get_chunks(ids) for i, ids in wanted.items()])
         return {(i, stored.id): stored.chunk for i, stored_chunks in zip(wanted, found) for stored in stored_chunks}
 
 
@@ -130,8 +131,7 @@ async def hit_vectors(hits: list[Hit]) -> np.ndarray:
     positions: dict[str, list[int]] = {}
     for position, hit in enumerate(hits):
         positions.setdefault(hit.collection_name, []).append(position)
-    found = await asyncio.gather(*[asyncio.to_thread(hits[where[0]].collection.get_vectors,
-                                                     [hits[p].chunk_id for p in where])
+    found = await asyncio.gather(*[hits[where[0]].collection.get_vectors([hits[p].chunk_id for p in where])
                                    for where in positions.values()])
     rows: list[np.ndarray | None] = [None] * len(hits)
     for where, vectors in zip(positions.values(), found):

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import unicodedata
 from collections import Counter
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
@@ -25,6 +23,7 @@ from pipeline.protocol import (
     UploadOptions,
 )
 from pipeline.responses import AnswerShape
+from pipeline.service import PipelineService
 from pipeline.settings import PipelineSettings
 from services.common.body import json_body_openapi, parse_json_body, parse_json_text
 from services.common.cancellation import cancel_on_disconnect
@@ -39,8 +38,12 @@ router = APIRouter()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _service(request: Request):
+def get_service(request: Request) -> PipelineService:
+    """The app's service (pipeline.app builds it): every route works through it and nothing else."""
     return request.app.state.service
+
+
+Service = Annotated[PipelineService, Depends(get_service)]
 
 
 def _json(payload) -> Response:
@@ -48,10 +51,10 @@ def _json(payload) -> Response:
 
 
 @router.get("/v1/health")
-async def health(request: Request, check_dependencies: bool = False) -> dict:
+async def health(service: Service, check_dependencies: bool = False) -> dict:
     body = {"message": "Service is up.", "status": "healthy"}
     if check_dependencies:
-        deps = await _service(request).clients.health()
+        deps = await service.dependency_health()
         body["dependencies"] = deps
         if any(d["status"] != "ready" for d in deps.values()):
             body["status"] = "degraded"
@@ -59,20 +62,20 @@ async def health(request: Request, check_dependencies: bool = False) -> dict:
 
 
 @router.get("/v1/collections")
-async def list_collections(request: Request) -> Response:
-    infos = await asyncio.to_thread(_service(request).catalog.list)
-    return _json({"collections": [dataclasses.asdict(i) for i in infos], "total_collections": len(infos)})
+async def list_collections(service: Service) -> Response:
+    collections = await service.list_collections()
+    return _json({"collections": collections, "total_collections": len(collections)})
 
 
 @router.post("/v1/collections", openapi_extra=json_body_openapi(CreateCollection))
-async def create_collection(request: Request) -> Response:
+async def create_collection(request: Request, service: Service) -> Response:
     body = await parse_json_body(request, CreateCollection)
-    return _json(await _service(request).create_collection(body.collection_name, body.index_kind))
+    return _json(await service.create_collection(body.collection_name, body.index_kind))
 
 
 @router.delete("/v1/collections")
-async def delete_collection(request: Request, collection_name: Annotated[str, Query()]) -> Response:
-    await _service(request).delete_collection(collection_name)
+async def delete_collection(service: Service, collection_name: Annotated[str, Query()]) -> Response:
+    await service.delete_collection(collection_name)
     return _json({"message": f"Collection '{collection_name}' deleted.", "collection_name": collection_name})
 
 
@@ -87,8 +90,7 @@ def _safe_name(filename: str | None) -> str:
 
 
 @router.post("/v1/documents", openapi_extra=upload_form_openapi("documents", "data", UploadOptions))
-async def upload_documents(request: Request) -> Response:
-    service = _service(request)
+async def upload_documents(request: Request, service: Service) -> Response:
     limit = service.settings.max_body_bytes
     form = await _upload_form(request, service.settings)
     options = _upload_options(form)
@@ -162,34 +164,28 @@ def _refuse_duplicate_names(names: list[str]) -> None:
 
 
 @router.get("/v1/status")
-async def status(request: Request, task_id: Annotated[str, Query(max_length=64)]) -> Response:
-    return _json(await _service(request).task_status(task_id))
+async def status(service: Service, task_id: Annotated[str, Query(max_length=64)]) -> Response:
+    return _json(await service.task_status(task_id))
 
 
 @router.get("/v1/documents")
-async def list_documents(request: Request, collection_name: str | None = None) -> Response:
-    collection = await _service(request).collection(collection_name)
-    docs = await asyncio.to_thread(collection.list_documents)
-    return _json({"documents": [dataclasses.asdict(d) for d in docs], "total_documents": len(docs)})
+async def list_documents(service: Service, collection_name: str | None = None) -> Response:
+    return _json(await service.list_documents(collection_name))
 
 
 @router.delete("/v1/documents")
-async def delete_documents(request: Request, document_names: Annotated[list[str], Query(max_length=1000)],
+async def delete_documents(service: Service, document_names: Annotated[list[str], Query(max_length=1000)],
                            collection_name: str | None = None) -> Response:
     _refuse_control_characters(document_names, "document_names")
-    collection = await _service(request).collection(collection_name)
-    deleted = [name for name in document_names if await asyncio.to_thread(collection.delete_document, name)]
-    missing = sorted(set(document_names) - set(deleted))
-    return _json({"message": f"Deleted {len(deleted)} document(s).", "deleted": deleted, "not_found": missing})
+    return _json(await service.delete_documents(collection_name, document_names))
 
 
 @router.post("/v1/search", openapi_extra=json_body_openapi(SearchRequest))
-async def search(request: Request) -> Response:
-    return _json(await _service(request).search(await parse_json_body(request, SearchRequest)))
+async def search(request: Request, service: Service) -> Response:
+    return _json(await service.search(await parse_json_body(request, SearchRequest)))
 
 
-async def _answer(request: Request, body: GenerateRequest) -> Response:
-    service = _service(request)
+async def _answer(request: Request, service: PipelineService, body: GenerateRequest) -> Response:
     events = await service.answer(body)
     shape = AnswerShape(body.model or PIPELINE_MODEL, with_citations=body.enable_citations)
     if body.stream:
@@ -198,13 +194,13 @@ async def _answer(request: Request, body: GenerateRequest) -> Response:
 
 
 @router.post("/v1/generate", openapi_extra=json_body_openapi(GenerateRequest))
-async def generate(request: Request) -> Response:
-    return await _answer(request, await parse_json_body(request, GenerateRequest))
+async def generate(request: Request, service: Service) -> Response:
+    return await _answer(request, service, await parse_json_body(request, GenerateRequest))
 
 
 @router.post("/v1/chat/completions", openapi_extra=json_body_openapi(ChatRequest))
-async def chat_completions(request: Request) -> Response:
-    return await _answer(request, await parse_json_body(request, ChatRequest))
+async def chat_completions(request: Request, service: Service) -> Response:
+    return await _answer(request, service, await parse_json_body(request, ChatRequest))
 
 
 @router.get("/v1/supported-types")

@@ -1,15 +1,18 @@
-"""The pipeline's serving layer: collections, ingestion tasks, search and answers. Routers stay thin."""
+"""The pipeline's serving layer: collections, ingestion tasks, search and answers. Routers stay thin and call
+this only; its collaborators are built by the composition root (pipeline.app.build_service) and passed in."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 from guardrails.runtime import Endpoints, Guardrails, PolicyError, PolicyRuntime, Verdict
 from guardrails.service import api_errors
 from guardrails.store import PolicyStore
-from pipeline.answer import SYSTEM_PROMPT, Answerer, AnswerEvent, generate
+from pipeline.answer import Answerer, AnswerEvent, generate
 from pipeline.chunking import Chunker
 from pipeline.clients import DependencyError, ServiceClients
 from pipeline.ingest import FileReport, IngestItem, Ingestor
@@ -17,15 +20,17 @@ from pipeline.metrics import PipelineMetrics
 from pipeline.protocol import PIPELINE_MODEL, GenerateRequest, RetrievalKnobs, SearchRequest
 from pipeline.retrieval import Retriever, SearchOptions, retrieval_query
 from pipeline.settings import PipelineSettings
-from pipeline.store import (
-    Catalog,
-    CollectionExists,
-    CollectionNotFound,
-    InvalidCollectionName,
-)
 from pipeline.tasks import INTERRUPTED, TaskStore
+from pipeline.vectorstore.base import (
+    CollectionExists,
+    CollectionInfo,
+    CollectionNotFound,
+    CollectionOptions,
+    InvalidCollectionName,
+    VectorCollection,
+    VectorStore,
+)
 from services.common.errors import APIError, InvalidRequestError, NotFoundError
-from services.common.metrics import ServiceMetrics
 
 
 class CollectionMissing(NotFoundError):
@@ -39,19 +44,21 @@ class CollectionConflict(APIError):
 
 
 class PipelineService:
-    def __init__(self, settings: PipelineSettings, metrics: ServiceMetrics | None = None):
+    def __init__(self, settings: PipelineSettings, *, store: VectorStore, clients: ServiceClients,
+                 retriever: Retriever, answerer: Answerer, ingestor: Ingestor, guardrails: Guardrails,
+                 policy_store: PolicyStore, guardrails_endpoints: Callable[[], Awaitable[Endpoints]],
+                 tasks: TaskStore, metrics: PipelineMetrics):
         self.settings = settings
-        self.metrics = PipelineMetrics(metrics or ServiceMetrics("pipeline"))
-        self.catalog = Catalog(settings.data_path / "collections")
-        self.clients = ServiceClients(settings)
-        self.retriever = Retriever(self.clients)
-        self.answerer = Answerer(self.clients, self.retriever)
-        self.ingestor = Ingestor(self.clients, settings)
-        self.policy_store = PolicyStore(settings.data_path / "guardrails")
-        self.guardrails = Guardrails(self.policy_store, self.guardrails_endpoints,
-                                     lambda texts: self.clients.embed(texts, "query"), protected_texts=[SYSTEM_PROMPT],
-                                     allow_python=settings.guardrails_allow_python)
-        self.tasks = TaskStore(settings.data_path / "tasks.sqlite")
+        self.store = store
+        self.clients = clients
+        self.retriever = retriever
+        self.answerer = answerer
+        self.ingestor = ingestor
+        self.guardrails = guardrails
+        self.policy_store = policy_store
+        self.guardrails_endpoints = guardrails_endpoints
+        self.tasks = tasks
+        self.metrics = metrics
         self._background: set[asyncio.Task] = set()
 
     async def close(self) -> None:
@@ -61,22 +68,29 @@ class PipelineService:
         await self.ingestor.close()
         await self.clients.close()
         await asyncio.to_thread(self.tasks.close)
+        await self.store.close()
+
+    async def dependency_health(self) -> dict[str, dict]:
+        return await self.clients.health()
 
     # --- collections ------------------------------------------------------------------------------------------
-    async def collection(self, name: str | None, param: str = "collection_name"):
-        """An existing collection (opening one may rebuild its index from SQLite: off the event loop)."""
+    async def collection(self, name: str | None, param: str = "collection_name") -> VectorCollection:
+        """An existing collection (opening one may rebuild its index: the store does that off the event loop)."""
         name = name or self.settings.default_collection
         try:
-            return await asyncio.to_thread(self.catalog.open, name)
+            return await self.store.open(name)
         except CollectionNotFound:
             raise CollectionMissing(name, param) from None
         except InvalidCollectionName as exc:
             raise InvalidRequestError(str(exc), param=param) from None
 
+    async def list_collections(self) -> list[dict]:
+        return [collection_view(info) for info in await self.store.list()]
+
     async def create_collection(self, name: str, index_kind: str = "flat") -> dict:
         dimension = (await self.clients.embed(["dimension probe"], "passage")).shape[1]
         try:
-            await asyncio.to_thread(self.catalog.create, name, dimension, index_kind)
+            await self.store.create(name, int(dimension), options=CollectionOptions(index=index_kind))
         except CollectionExists:
             raise CollectionConflict(f"Collection '{name}' already exists.", param="collection_name",
                                      code="collection_exists") from None
@@ -84,9 +98,9 @@ class PipelineService:
             raise InvalidRequestError(str(exc), param="collection_name") from None
         return {"collection_name": name, "dimension": int(dimension), "index_kind": index_kind}
 
-    async def ensure_collection(self, name: str | None):
+    async def ensure_collection(self, name: str | None) -> VectorCollection:
         name = name or self.settings.default_collection
-        if not await asyncio.to_thread(self.catalog.exists, name):
+        if not await self.store.exists(name):
             try:
                 await self.create_collection(name)
             except CollectionConflict:
@@ -95,11 +109,22 @@ class PipelineService:
 
     async def delete_collection(self, name: str) -> None:
         try:
-            await asyncio.to_thread(self.catalog.delete, name)
+            await self.store.delete(name)
         except CollectionNotFound:
             raise CollectionMissing(name) from None
         except InvalidCollectionName as exc:
             raise InvalidRequestError(str(exc), param="collection_name") from None
+
+    # --- documents --------------------------------------------------------------------------------------------
+    async def list_documents(self, collection_name: str | None) -> dict:
+        docs = await (await self.collection(collection_name)).list_documents()
+        return {"documents": [dataclasses.asdict(d) for d in docs], "total_documents": len(docs)}
+
+    async def delete_documents(self, collection_name: str | None, names: list[str]) -> dict:
+        collection = await self.collection(collection_name)
+        deleted = [name for name in names if await collection.delete_document(name)]
+        missing = sorted(set(names) - set(deleted))
+        return {"message": f"Deleted {len(deleted)} document(s).", "deleted": deleted, "not_found": missing}
 
     # --- ingestion --------------------------------------------------------------------------------------------
     def chunker(self, chunk_size: int | None, chunk_overlap: int | None) -> Chunker:
@@ -124,7 +149,8 @@ class PipelineService:
         return {"task_id": task_id, "state": "PENDING", "message": f"Ingesting {len(items)} file(s) into "
                 f"'{collection.name}'; GET /v1/status?task_id={task_id} for progress."}
 
-    async def _run_ingest(self, task_id: str, collection, items, chunker) -> None:
+    async def _run_ingest(self, task_id: str, collection: VectorCollection, items: list[IngestItem],
+                          chunker: Chunker) -> None:
         async def file_done(report: FileReport) -> None:
             await asyncio.to_thread(self.tasks.add_file, task_id, report)
             self.metrics.observe_file(report.status, report.chunks)
@@ -146,7 +172,7 @@ class PipelineService:
         return status
 
     # --- retrieval and answers --------------------------------------------------------------------------------
-    async def collections_for(self, knobs: RetrievalKnobs) -> list:
+    async def collections_for(self, knobs: RetrievalKnobs) -> list[VectorCollection]:
         """The collections a search or answer names (``collection_names``, or ``collection_name``, or the
         default), all opened: a missing one is a 404 naming it."""
         names = knobs.requested_collections() or [self.settings.default_collection]
@@ -243,11 +269,6 @@ class PipelineService:
             except PolicyError as exc:  # stored before a platform change made it invalid: say so, do not 500
                 raise DependencyError("guardrails", f"policy '{policy_id}' cannot run: {exc}") from None
 
-    async def guardrails_endpoints(self) -> Endpoints:
-        s = self.settings
-        return Endpoints(llm_url=s.llm_url, llm_model=await self.clients.model("llm"), embed_url=s.embed_url,
-                         embed_model=await self.clients.model("embed"), api_key=s.service_api_key)
-
     async def _observed(self, events):
         cited = 0
         async for event in events:
@@ -263,6 +284,12 @@ class PipelineService:
         yield AnswerEvent("citations", citations=[])
         async for event in generate(self.clients, turns, params, turns, time.perf_counter(), {}, policy, verdict):
             yield event
+
+
+def collection_view(info: CollectionInfo) -> dict:
+    """A collection as ``GET /v1/collections`` lists it (the index type under its API name, index_kind)."""
+    return {"name": info.name, "dimension": info.dimension, "index_kind": info.options.index,
+            "documents": info.documents, "chunks": info.chunks, "created": info.created, "metadata": info.metadata}
 
 
 async def refusal(verdict: Verdict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -24,7 +25,10 @@ class PipelineSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="NIMRAG_PIPELINE_", extra="ignore")
 
     port: int = Field(8081, ge=1, le=65535)
-    data_path: Path = Field(default_factory=default_data_path, description="Collections (FAISS + SQLite).")
+    data_path: Path = Field(default_factory=default_data_path, description="Collections (FAISS + SQLite), "
+                            "upload tasks, guardrails policies.")
+    vector_store: Literal["faiss"] = Field("faiss", description="Where collections live: faiss (FAISS + SQLite "
+                                           "under data_path/collections).")
     embed_url: str = "http://127.0.0.1:8001/v1"
     rerank_url: str = "http://127.0.0.1:8002/v1"
     llm_url: str = "http://127.0.0.1:8000/v1"

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from pipeline.ingest import FileReport, IngestReport
-from pipeline.store import connect, write_transaction
+from pipeline.sqlite import connect, use_wal, write_transaction
 
 MAX_TASKS_KEPT = 1000  # the newest tasks stay readable; older ones are pruned
 INTERRUPTED = ("Interrupted: the pipeline stopped before this upload finished. Upload the files again; those "
@@ -48,7 +48,7 @@ class TaskStore:
         self._keep = keep
         self._lock = threading.Lock()
         self._connection = connect(path, create=True)
-        self._connection.execute("PRAGMA journal_mode=WAL")
+        use_wal(self._connection)
         self._connection.executescript(SCHEMA)
         self._fail_orphans()
 

@@ -66,6 +66,15 @@ NOWHERE = "http://127.0.0.1:9"  # nothing listens on the discard port
 NO_SERVICES = {f"NIMRAG_PIPELINE_{name}_URL": f"{NOWHERE}/v1" for name in ("EMBED", "RERANK", "LLM")}
 
 
+def test_a_setting_that_does_not_validate_is_one_line_naming_where_it_was_set():
+    from_option = nimrag("serve", "embed", "--port", "0")
+    assert from_option.returncode == 2 and "Traceback" not in from_option.stderr
+    assert from_option.stderr.strip() == "nimrag: invalid setting --port=0: Input should be greater than or equal to 1"
+    from_env = nimrag("ask", "hello", env={"NIMRAG_PIPELINE_PORT": "http"})
+    assert from_env.returncode == 2 and "Traceback" not in from_env.stderr
+    assert from_env.stderr.startswith("nimrag: invalid setting NIMRAG_PIPELINE_PORT='http': ")
+
+
 def test_version_is_the_installed_package_version():
     from importlib.metadata import version
 
@@ -97,7 +106,7 @@ def test_ingest_and_ask_with_nothing_running_say_what_to_start(tmp_path):
     assert out.returncode == 3
     assert f"no embedding service at {NOWHERE}" in one_line_error(out) and "nimrag up" in out.stderr
 
-    from pipeline.store import Catalog
+    from pipeline.vectorstore.faiss import Catalog
 
     with Catalog(tmp_path / "data" / "collections") as catalog:
         catalog.create("notes", 384)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import sys
-import tomllib
 from collections.abc import Iterator
 from functools import cache
 from importlib import metadata
@@ -19,12 +18,18 @@ from packaging.utils import canonicalize_name
 
 from tests.conftest import REPO
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (the dev extra declares it)
+    import tomli as tomllib
+
 PACKAGES = ("nimrag", "services", "pipeline", "guardrails")
 
 # Imports that work only with an extra installed: top-level module -> the extra that must declare it. Everything
 # else a package imports must be in `dependencies`.
 OPTIONAL_IMPORTS = {
     "tritonclient": "gpu",  # the TensorRT-LLM engine's Triton client, imported only when that engine starts
+    "pytriton": "triton",  # `nimrag triton serve`, imported only when it runs
     "langchain_core": "langchain",  # pipeline/langchain.py: the LangChain retriever and chain, imported by no service
 }
 

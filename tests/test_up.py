@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 from nimrag.console import Console, record_level
+from nimrag.errors import Exit
+from services.common.errors import StartupError
+from services.common.parent import PARENT_PID_ENV, watch_parent
 from tests.conftest import REPO, free_port, model_cache
 
 SERVICES = ("embed", "rerank", "llm", "pipeline")
@@ -81,6 +84,45 @@ def test_a_held_port_is_named_and_nothing_starts(tmp_path):
     assert not (tmp_path / "data" / "logs" / "embed.log").exists()  # checked before the first service started
 
 
+def test_a_held_port_names_the_process_that_holds_it(tmp_path):
+    ports = {name: free_port() for name in SERVICES}
+    command = ["-m", "http.server", str(ports["embed"]), "--bind", "127.0.0.1"]
+    server = subprocess.Popen([sys.executable, *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not listening(ports["embed"]):
+            assert server.poll() is None and time.monotonic() < deadline, "http.server did not start"
+            time.sleep(0.05)
+        up = start_up(tmp_path, ports)
+        out, err = up.communicate(timeout=120)
+    finally:
+        server.kill()
+        server.wait()
+    assert up.returncode == Exit.PLATFORM, err
+    shown = " ".join([Path(sys.executable).name, *command])
+    held = f"port {ports['embed']} (embed) is in use by pid {server.pid} ({shown})"
+    assert held in err and "NIMRAG_EMBED_PORT" in err, err
+    assert "answers as nimrag" not in err  # http.server has no /v1/version
+    assert not (tmp_path / "data" / "logs" / "embed.log").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root, to become another user")
+def test_a_port_held_by_another_users_process_says_it_cannot_be_seen():
+    with socket.socket() as holder:  # held by this (root's) process; looked up as nobody
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        # imports first: the interpreter's own files may be unreadable to nobody
+        lookup = ("import os; from nimrag.platform import socket_owner; os.setgid(65534); os.setuid(65534); "
+                  f"print(socket_owner({port}))")
+        as_nobody = subprocess.run([sys.executable, "-c", lookup], cwd=REPO, capture_output=True, text=True,
+                                   timeout=60)
+        as_root = subprocess.run([sys.executable, "-c", lookup.replace("os.setgid(65534); os.setuid(65534); ", "")],
+                                 cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert as_nobody.stdout.strip() == "a process this user cannot see", as_nobody.stderr
+    assert as_root.stdout.startswith(f"pid {os.getpid()} ("), as_root.stderr
+
+
 def test_a_service_that_exits_early_is_named_with_its_last_log_line(tmp_path):
     ports = {name: free_port() for name in SERVICES}
     up = start_up(tmp_path, ports, NIMRAG_RERANK_MODEL=str(tmp_path))  # not a model folder: rerank exits 2
@@ -141,6 +183,87 @@ def test_demo_answer_is_never_interleaved_with_log_lines_and_sigterm_stops_clean
     assert not [pid for pid in children if alive(pid)] and all(port_free(port) for port in ports.values())
     for name in SERVICES:
         assert (tmp_path / "data" / "logs" / f"{name}.log").stat().st_size > 0
+
+
+def test_a_sigkilled_up_leaves_no_service_running_and_no_port_held(tmp_path):
+    ports = {name: free_port() for name in SERVICES}
+    up = start_up(tmp_path, ports)
+    for line in up.stderr:  # ends at EOF too: up exited, asserted below
+        if "platform ready" in line:
+            break
+    assert up.poll() is None, up.communicate()
+    children = children_of(up.pid)
+    assert len(children) == 4
+    up.kill()  # SIGKILL: nimrag up cannot stop anything itself
+    up.communicate(timeout=30)
+    deadline = time.monotonic() + 180
+    while [pid for pid in children if alive(pid)]:
+        assert time.monotonic() < deadline, [pid for pid in children if alive(pid)]
+        time.sleep(0.2)
+    assert all(port_free(port) for port in ports.values())
+    for name in SERVICES:  # each said why it stopped, in the log file nimrag up no longer writes
+        log = (tmp_path / "data" / "logs" / f"{name}.log").read_text()
+        assert f"WARNING nimrag.parent: the `nimrag up` that started this service (pid {up.pid}) is gone" in log
+
+
+# --- a service's watch on its parent ----------------------------------------------------------------------------
+
+WATCHED = """
+import signal, sys, time
+from services.common.logs import configure_logging
+from services.common.parent import watch_parent
+
+configure_logging("INFO", json_logs=False)
+if sys.argv[1] == "graceful":  # as uvicorn: SIGTERM starts the shutdown
+    signal.signal(signal.SIGTERM, lambda *_: (print("graceful shutdown", flush=True), sys.exit(0)))
+else:  # a shutdown that hangs
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+watch_parent(poll_s=0.05, grace_s=0.5)
+print("watching", flush=True)
+time.sleep(600)
+"""
+
+# as nimrag up: the child in its own session, its output through a pipe, the parent's pid and a log file passed on
+PARENT = """
+import os, subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, start_new_session=True,
+                         env={**os.environ, "NIMRAG_PARENT_PID": str(os.getpid()),
+                              "NIMRAG_PARENT_LOG_FILE": sys.argv[3]})
+child.stdout.readline()
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+@pytest.mark.parametrize("shutdown", ["graceful", "hangs"])
+def test_a_watched_process_stops_when_its_parent_is_killed(tmp_path, shutdown):
+    log = tmp_path / "service.log"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, WATCHED, shutdown, str(log)], cwd=REPO, text=True,
+                              stdout=subprocess.PIPE)
+    child = int(parent.stdout.readline())
+    assert alive(child)
+    parent.kill()
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while alive(child):
+        assert time.monotonic() < deadline, "the child outlived its parent"
+        time.sleep(0.05)
+    lines = log.read_text().splitlines()
+    assert f"WARNING nimrag.parent: the `nimrag up` that started this service (pid {parent.pid}) is gone" in lines[0]
+    if shutdown == "graceful":
+        assert lines[1:] == ["graceful shutdown"]
+    else:
+        assert len(lines) == 2 and "ERROR nimrag.parent: still running 0.5 s after SIGTERM: exiting now" in lines[1]
+
+
+def test_a_service_started_by_hand_watches_no_parent(monkeypatch):
+    monkeypatch.delenv(PARENT_PID_ENV, raising=False)
+    assert watch_parent() is None
+    monkeypatch.setenv(PARENT_PID_ENV, "not-a-pid")
+    with pytest.raises(StartupError, match="NIMRAG_PARENT_PID must be a process id"):
+        watch_parent()
+    assert PARENT_PID_ENV not in os.environ  # never passed on to what the service starts
 
 
 # --- what the console shows -------------------------------------------------------------------------------------

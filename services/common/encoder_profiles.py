@@ -6,6 +6,9 @@ there ONNX Runtime is several times faster than PyTorch on CPU: PyTorch's small-
 (profiled: addmm ~80% at batch 1). PyTorch bf16 wins only on large sorted batches, so it ranks below ONNX fp32.
 Measured on a 2-core AMD EPYC (AVX512-VNNI/BF16), 32 clients over HTTP, texts/s: onnx-cpu-int8 247,
 onnx-cpu-fp32 181, torch-cpu-fp32 141, torch-cpu-bf16 126.
+
+Each service adds :func:`triton_profile`: its model in a Triton Inference Server (a TensorRT or ONNX model on a
+GPU host, or ``nimrag triton serve``), chosen above every local one once the service's Triton URL is set.
 """
 
 from __future__ import annotations
@@ -35,3 +38,13 @@ ENCODER_PROFILES: list[Profile] = [
     Profile("torch-cpu-fp32", "torch", "cpu", "fp32", rank=10, python_modules=("torch",),
             description="PyTorch fp32 on any CPU: the numerical reference", **_CPU_BATCH),
 ]
+
+
+def triton_profile(url_env: str) -> Profile:
+    """The model in Triton, at ``url_env``'s address: no local hardware needed, as the engine is Triton's. The
+    batches this service sends are cut to the Triton model's ``max_batch_size`` and sent together; padding is cut
+    as on a CPU, since Triton may be running on one (``nimrag triton serve``)."""
+    return Profile("tensorrt-triton", "triton", "triton", "any", rank=110, requires_env=(url_env,),
+                   python_modules=("tritonclient",), max_batch_items=256, max_batch_tokens=32768,
+                   description=f"the model in Triton Inference Server at {url_env}, over gRPC (TensorRT, ONNX, "
+                               "or nimrag triton serve)")

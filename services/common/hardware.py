@@ -1,17 +1,19 @@
-"""Find out what this machine has, without needing a GPU library installed.
+"""Find out what this machine has, without CUDA or any GPU framework installed.
 
-GPUs are read through NVML (``libnvidia-ml.so.1``, part of the NVIDIA driver) via ctypes, falling back to
-``nvidia-smi``; no GPU, no driver or any failure simply means zero GPUs.
+GPUs are read through NVML (``libnvidia-ml.so.1``, part of the NVIDIA driver) with NVIDIA's own bindings
+(``nvidia-ml-py``, module ``pynvml``, pure Python), falling back to ``nvidia-smi``; no GPU, no driver or any failure
+simply means zero GPUs.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
+
+import pynvml
 
 
 @dataclass(frozen=True)
@@ -74,37 +76,29 @@ def _memory_gib() -> float:
         return 0.0
 
 
-class _NvmlMemory(ctypes.Structure):
-    _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
-
-
 def _gpus_from_nvml() -> tuple[GPUInfo, ...] | None:
+    """The GPUs NVML reports; None when NVML cannot be used (no driver library, driver not loaded)."""
     try:
-        nvml = ctypes.CDLL("libnvidia-ml.so.1")
-    except OSError:
-        return None
-    if nvml.nvmlInit_v2() != 0:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
         return None
     try:
-        count = ctypes.c_uint()
-        if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
-            return None
-        gpus = []
-        for i in range(count.value):
-            handle = ctypes.c_void_p()
-            if nvml.nvmlDeviceGetHandleByIndex_v2(i, ctypes.byref(handle)) != 0:
-                continue
-            name = ctypes.create_string_buffer(96)
-            nvml.nvmlDeviceGetName(handle, name, 96)
-            mem = _NvmlMemory()
-            nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(mem))
-            major, minor = ctypes.c_int(), ctypes.c_int()
-            nvml.nvmlDeviceGetCudaComputeCapability(handle, ctypes.byref(major), ctypes.byref(minor))
-            gpus.append(GPUInfo(i, name.value.decode(errors="replace"), round(mem.total / 2**30, 1),
-                                (major.value, minor.value)))
-        return tuple(gpus)
+        return tuple(gpu for i in range(pynvml.nvmlDeviceGetCount()) if (gpu := _nvml_gpu(i)))
+    except pynvml.NVMLError:
+        return None
     finally:
-        nvml.nvmlShutdown()
+        pynvml.nvmlShutdown()
+
+
+def _nvml_gpu(index: int) -> GPUInfo | None:
+    """One GPU; None for one NVML cannot describe (lost, or its handle refused), as CUDA would not use it."""
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        return GPUInfo(index, pynvml.nvmlDeviceGetName(handle), round(memory.total / 2**30, 1),
+                       tuple(pynvml.nvmlDeviceGetCudaComputeCapability(handle)))
+    except pynvml.NVMLError:
+        return None
 
 
 def _gpus_from_nvidia_smi() -> tuple[GPUInfo, ...]:

@@ -39,6 +39,8 @@ class ModelServing(ABC):
         self.served_model_name = served_model_name
         self.state = ModelState.LOADING
         self.load_error: str | None = None
+        # The server the engine forwards to (services.common.triton.TritonModel), if any: its readiness is ours.
+        self.upstream = None
         self.created = int(time.time())
         self.log = logging.getLogger(f"nimrag.{self.service}")
 
@@ -71,6 +73,8 @@ class ModelServing(ABC):
         if self.state is ModelState.FAILED:
             raise ServiceNotReadyError(f"The model failed to load: {self.load_error}", retry_after_s=60,
                                        code="model_load_failed")
+        if self.upstream is not None and (error := self.upstream.readiness_error()) is not None:
+            raise error  # Triton down or its model not ready: while loading, and whenever it is lost later
         if self.state is not ModelState.READY:
             raise ServiceNotReadyError()
 
@@ -118,6 +122,8 @@ class BatchedServing(ModelServing):
         self.batcher.start()
 
     async def stop(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()  # also ends a load still waiting for Triton
         if self.batcher:
             await self.batcher.stop()
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
 from services.common.fields import INT32_MAX, RequestModel, Unsupported
+from services.common.openapi import NON_BLANK, SETTING_LIMITS
 
 InputType = Literal["query", "passage"]
 Truncate = Literal["NONE", "START", "END"]
@@ -34,14 +35,23 @@ EMBEDDING_UNSUPPORTED: dict[str, Unsupported] = {
 }
 
 
+# What the serving layer accepts of ``input``, item by item (its 400s say which item is wrong and why).
+_TEXT = {"type": "string", "pattern": NON_BLANK, SETTING_LIMITS: {"maxLength": "max_chars"}}
+_INPUT_SCHEMA = {"anyOf": [_TEXT, {"type": "array", "items": _TEXT, "minItems": 1,
+                                   SETTING_LIMITS: {"maxItems": "max_inputs"}}]}
+
+
 class EmbeddingRequest(RequestModel):
     unsupported_fields = EMBEDDING_UNSUPPORTED
 
     # Checked item by item in the serving layer, which can say exactly which item is wrong and why.
-    input: str | list[Any] = Field(..., description="A text or a list of texts.")
+    input: Annotated[str | list[Any], WithJsonSchema(_INPUT_SCHEMA)] = Field(
+        ..., description="A text or a list of texts, none blank; with truncate 'NONE', each within the model's "
+        "token limit (max_model_len in GET /v1/models).")
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1, le=INT32_MAX)
-    input_type: InputType | None = None
+    dimensions: int | None = Field(None, ge=1, le=INT32_MAX, description="The model's own size or one of the "
+                                   "sizes it was trained for (GET /v1/metadata: dimension, matryoshka_dims).")
+    input_type: InputType | None = Field(None, description="Needed by an asymmetric model (GET /v1/metadata).")
     truncate: Truncate = "NONE"
     user: str | None = None

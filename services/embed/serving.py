@@ -14,6 +14,7 @@ import orjson
 
 from services.common.errors import InvalidRequestError
 from services.common.serving import INLINE_WORK_CHARS, BatchedServing
+from services.common.triton import TritonModel
 from services.embed.engines import EmbeddingEngine, create_engine
 from services.embed.model import EmbeddingModelInfo
 from services.embed.protocol import EmbeddingRequest
@@ -33,8 +34,11 @@ class EmbeddingServing(BatchedServing):
     # --- life cycle -------------------------------------------------------------------------------------------
     def load_blocking(self) -> None:
         self.tokenizer = TextTokenizer(self.model.path, self.model.max_tokens)
+        triton = TritonModel.from_settings(self.settings) if self.profile.backend == "triton" else None
         self.engine = create_engine(self.profile, self.model, self.tokenizer,
-                                    self.profile.resolved_threads(self.hardware), Path(self.settings.cache_path))
+                                    self.profile.resolved_threads(self.hardware), Path(self.settings.cache_path),
+                                    triton)
+        self.upstream = self.engine.upstream  # the warm-up waits for Triton: readiness names it meanwhile
         self.engine.warm_up()
 
     def run_batch(self, ids: list[list[int]]) -> list[np.ndarray]:

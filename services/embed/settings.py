@@ -6,9 +6,10 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.common.triton import TritonSettings
 
 
-class EmbedSettings(ServiceSettings):
+class EmbedSettings(ServiceSettings, TritonSettings):
     model_config = SettingsConfigDict(env_prefix="NIMRAG_EMBED_", extra="ignore")
 
     port: int = Field(8001, ge=1, le=65535)
@@ -19,3 +20,5 @@ class EmbedSettings(ServiceSettings):
     matryoshka_dims: str = Field("", description="Comma-separated output sizes the model was trained for.")
     query_prefix: str | None = Field(None, description="Override the model's query prompt.")
     passage_prefix: str | None = Field(None, description="Override the model's passage/document prompt.")
+    triton_model: str = Field("embed", description="The embedding model in Triton, for the Triton profile "
+                                                   "(interface: deploy/triton/README.md).")

@@ -8,14 +8,38 @@ field, unless its value asks for nothing); any other unknown field is ignored an
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from services.common.fields import INT32_MAX, RequestModel, Unsupported
+from services.common.openapi import served_rule, setting_limit
 
 MAX_LOGPROBS = 20
-TokenCount = Annotated[int, Field(ge=1, le=INT32_MAX)]
+CHAT_TEMPLATE_RULES = ("The conversation, as the model's chat template takes it: an engine may refuse one that "
+                       "ends with two assistant messages (llama.cpp: a 400).")
+TokenCount = Annotated[int, Field(ge=1, le=INT32_MAX, description="Tokens to generate at most: the prompt and "
+                                  "these must fit the model's context (max_model_len in GET /v1/models).")]
+# As the validators and the serving layer check them (their own messages name the item): the schema states them.
+NonEmptyText = Annotated[str, served_rule(minLength=1)]
+TokenIds = Annotated[list[Annotated[int, served_rule(minimum=0)]], served_rule(minItems=1)]
+_P = TypeVar("_P")
+Prompts = Annotated[list[_P], served_rule(minItems=1), setting_limit(maxItems="max_prompts")]
+StopInput = NonEmptyText | Annotated[list[NonEmptyText], setting_limit(maxItems="max_stop_sequences")] | None
+
+
+def _absent_or(name: str, then: dict) -> dict:
+    """A cross-field rule as a schema: ``name`` is absent or null, or ``then`` holds."""
+    return {"anyOf": [{"properties": {name: {"type": "null"}}}, then]}
+
+
+_STREAM_OPTIONS_NEED_STREAM = _absent_or("stream_options", {"required": ["stream"],
+                                                            "properties": {"stream": {"const": True}}})
+_TOP_LOGPROBS_NEED_LOGPROBS = _absent_or("top_logprobs", {"required": ["logprobs"],
+                                                          "properties": {"logprobs": {"const": True}}})
+_ECHO_NEEDS_TEXT = {"anyOf": [{"properties": {"echo": {"const": False}}},
+                              {"properties": {"prompt": {"anyOf": [{"type": "string"},
+                                                                   {"type": "array", "items": {"type": "string"}}]}}}]}
 
 
 # --- known but unsupported fields ------------------------------------------------------------------------------
@@ -114,14 +138,21 @@ TOKENIZE_UNSUPPORTED: dict[str, Unsupported] = {
 }
 
 
+# The smallest positive float32: engines take the penalty as one, and a smaller one is 0 there (llama.cpp's 400).
+_FLOAT32_TINIEST = 2.0**-149
+
+
 class NvExt(RequestModel):
     top_k: int | None = Field(None, ge=-1, le=INT32_MAX)
-    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    repetition_penalty: Annotated[float, served_rule(minimum=_FLOAT32_TINIEST)] | None = Field(None, gt=0, le=10)
     min_p: float | None = Field(None, ge=0, le=1)
     ignore_eos: bool | None = None
-    guided_json: dict | str | None = None
-    guided_choice: list[str] | None = Field(None, min_length=1, max_length=1024)
-    guided_regex: str | None = None
+    guided_json: dict | str | None = Field(None, description="A JSON schema the answer follows: an object, or the "
+                                           "same as a JSON string; a 400 when it is not a valid JSON schema.")
+    guided_choice: list[NonEmptyText] | None = Field(None, min_length=1, max_length=1024)
+    guided_regex: Annotated[str, served_rule(format="regex")] | None = Field(
+        None, description="A regular expression the answer matches, where the engine constrains output by regex "
+        "(llama.cpp does not: a 400).")
 
     @field_validator("guided_choice")
     @classmethod
@@ -134,12 +165,18 @@ class NvExt(RequestModel):
 class JsonSchemaFormat(RequestModel):
     name: str = Field("response", max_length=64)
     description: str | None = None
-    schema_: dict = Field(default_factory=dict, alias="schema")
+    schema_: dict = Field(default_factory=dict, alias="schema", description="A JSON schema (a 400 when it is not "
+                          "a valid one).")
     strict: bool | None = None
 
 
 class ResponseFormat(RequestModel):
-    type: Literal["text", "json_object", "json_schema"]
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"properties": {"type": {"enum": ["text", "json_object"]}}},
+        {"required": ["json_schema"], "properties": {"json_schema": {"type": "object"}}}]})
+
+    type: Literal["text", "json_object", "json_schema"] = Field(..., description="'json_schema' needs "
+                                                                "json_schema.")
     json_schema: JsonSchemaFormat | None = None
 
     @model_validator(mode="after")
@@ -156,23 +193,27 @@ class StreamOptions(RequestModel):
 class SamplingRequest(NvExt):
     """Fields chat and completions share (OpenAI's, then NIM's extensions at the top level)."""
 
+    model_config = ConfigDict(json_schema_extra={"allOf": [_STREAM_OPTIONS_NEED_STREAM]})
+
     model: str | None = None
     max_tokens: TokenCount | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=128)
+    n: Annotated[int, setting_limit(maximum="max_n")] = Field(1, ge=1, le=128)
     stream: bool = False
-    stream_options: StreamOptions | None = None
+    stream_options: StreamOptions | None = Field(None, description="Only with stream: true.")
     stop: list[str] = Field(default_factory=list, description="A string or a list of strings.")
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        None, description="Token id (below the model's vocabulary size) -> bias.",
+        json_schema_extra={"propertyNames": {"pattern": "^[0-9]{1,10}$"}})
     response_format: ResponseFormat | None = None
     user: str | None = Field(None, max_length=256)
     nvext: NvExt | None = None
 
-    @field_validator("stop", mode="before")
+    @field_validator("stop", mode="before", json_schema_input_type=StopInput)
     @classmethod
     def _stop_list(cls, v):
         stops = [v] if isinstance(v, str) else v if v is not None else []
@@ -192,8 +233,12 @@ class TextPart(RequestModel):
 
 
 class ChatMessage(RequestModel):
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"properties": {"role": {"const": "assistant"}}},
+        {"required": ["content"], "properties": {"content": {"type": ["string", "array"]}}}]})
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[TextPart] | None = Field(None, description="Needed, except in an assistant's message.")
     name: str | None = Field(None, max_length=64)
 
     def text(self) -> str:
@@ -210,11 +255,12 @@ class ChatMessage(RequestModel):
 
 class ChatCompletionRequest(SamplingRequest):
     unsupported_fields = CHAT_UNSUPPORTED
+    model_config = ConfigDict(json_schema_extra={"allOf": [_STREAM_OPTIONS_NEED_STREAM, _TOP_LOGPROBS_NEED_LOGPROBS]})
 
-    messages: list[ChatMessage] = Field(..., min_length=1)
+    messages: list[ChatMessage] = Field(..., min_length=1, description=CHAT_TEMPLATE_RULES)
     max_completion_tokens: TokenCount | None = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="Needs logprobs: true.")
 
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self):
@@ -231,12 +277,14 @@ class ChatCompletionRequest(SamplingRequest):
 
 class CompletionRequest(SamplingRequest):
     unsupported_fields = COMPLETION_UNSUPPORTED
+    model_config = ConfigDict(json_schema_extra={"allOf": [_STREAM_OPTIONS_NEED_STREAM, _ECHO_NEEDS_TEXT]})
 
     # Token ids are checked against the model's vocabulary in the serving layer, which names the wrong one.
-    prompt: str | list[str] | list[int] | list[list[int]]
-    echo: bool = False
+    prompt: NonEmptyText | Prompts[NonEmptyText] | TokenIds | Prompts[TokenIds] = Field(
+        ..., description="A text, texts, token ids (each below the model's vocabulary size), or lists of them.")
+    echo: bool = Field(False, description="Needs text prompts.")
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    best_of: int | None = Field(None, ge=1, le=128)
+    best_of: int | None = Field(None, ge=1, le=128, description="Only n (every sample is returned).")
 
     @field_validator("prompt")
     @classmethod
@@ -256,10 +304,13 @@ class TokenizeRequest(RequestModel):
     """vLLM's ``/tokenize``: a prompt, or chat messages with the model's template applied."""
 
     unsupported_fields = TOKENIZE_UNSUPPORTED
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}, "messages": {"type": "null"}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}, "prompt": {"type": "null"}}}]})
 
     model: str | None = None
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    prompt: str | None = Field(None, description="Either prompt or messages.")
+    messages: list[ChatMessage] | None = Field(None, min_length=1, description=CHAT_TEMPLATE_RULES)
 
     @model_validator(mode="after")
     def _one_input(self):

@@ -110,14 +110,20 @@ def _logit_bias(request: SamplingRequest, vocab_size: int) -> dict[int, float]:
     return bias
 
 
+def _top_k(request: SamplingRequest, vocab_size: int) -> int:
+    """0 (off) for -1, 0 and any k that keeps the whole vocabulary: the same distribution, and llama.cpp then
+    skips sorting the vocabulary on every token. A vocab_size of 0 (the engine did not say) keeps k as given."""
+    k = request.extension("top_k") or 0
+    return 0 if k <= 0 or 0 < vocab_size <= k else k
+
+
 def sampling_params(request: ChatCompletionRequest | CompletionRequest, max_tokens: int,
                     info: EngineInfo) -> SamplingParams:
-    top_k = request.extension("top_k")
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if request.temperature is None else request.temperature,
         top_p=1.0 if request.top_p is None else request.top_p,
-        top_k=max(top_k or 0, 0),
+        top_k=_top_k(request, info.vocab_size),
         min_p=request.extension("min_p") or 0.0,
         seed=None if request.seed is None else request.seed % 2**32,
         stop=list(request.stop),

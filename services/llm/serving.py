@@ -85,6 +85,7 @@ class LLMServing(ModelServing):
         self.settings = settings
         self.model = model
         self.engine = create_engine(choice.profile, model, settings, hardware)
+        self.upstream = self.engine.upstream
         self.info: EngineInfo | None = None
         self.llm_metrics = LLMMetrics(metrics)
         self._slots: asyncio.Semaphore | None = None

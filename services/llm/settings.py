@@ -6,9 +6,10 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.common.triton import TritonSettings
 
 
-class LLMSettings(ServiceSettings):
+class LLMSettings(ServiceSettings, TritonSettings):
     model_config = SettingsConfigDict(env_prefix="NIMRAG_LLM_", extra="ignore")
 
     port: int = Field(8000, ge=1, le=65535)
@@ -23,8 +24,7 @@ class LLMSettings(ServiceSettings):
     max_stop_sequences: int = Field(16, ge=0, description="Most stop strings in one request.")
     prompt_cache_mib: int = Field(256, ge=0, description="llama.cpp's prompt cache in host memory (its "
                                   "--cache-ram): saved sequence states, at most this many MiB; 0 turns it off.")
-    triton_url: str | None = Field(None, description="Triton Inference Server (gRPC host:port) serving a TensorRT-LLM "
-                                                     "model, for the trtllm profiles.")
-    triton_model: str = Field("ensemble", description="The TensorRT-LLM model name in Triton.")
+    triton_model: str = Field("ensemble", description="The TensorRT-LLM model in Triton (an ensemble resolves to "
+                                                       "its token-level step; `nimrag triton serve`: tensorrt_llm).")
     tokenizer: str | None = Field(None, description="Hugging Face tokenizer folder for the trtllm profiles "
                                                     "(default: the model folder).")

@@ -21,6 +21,7 @@ import numpy as np
 from services.common.memory import onnx_run_options
 from services.common.padding import pad, pad_zeros
 from services.common.profiles import Profile
+from services.common.triton import TritonModel
 from services.rerank.model import BI_ENCODER, CROSS_ENCODER, LATE_INTERACTION, RerankModelInfo
 
 WARMUP = ("warm-up query", ["a passage", "a somewhat longer passage, so more than one length is seen"])
@@ -39,6 +40,7 @@ class Prepared:
 
 class Scorer(ABC):
     kind: str
+    upstream = None  # the server it forwards to (services.common.triton.TritonModel), whose readiness is ours
 
     def __init__(self, model: RerankModelInfo, profile: Profile):
         self.model = model
@@ -72,7 +74,8 @@ class Scorer(ABC):
 class _EncoderScorer(Scorer):
     """Query and passages encoded separately (as many items), by the embedding service's engines."""
 
-    def __init__(self, model: RerankModelInfo, profile: Profile, threads: int, cache_dir: Path):
+    def __init__(self, model: RerankModelInfo, profile: Profile, threads: int, cache_dir: Path,
+                 triton: TritonModel | None = None):
         super().__init__(model, profile)
         from services.embed.engines import create_engine
         from services.embed.model import load_model_info
@@ -85,7 +88,15 @@ class _EncoderScorer(Scorer):
                                              passage_prefix=None, matryoshka_dims=""))
         self.query_prefix, self.passage_prefix = info.query_prefix, info.passage_prefix
         self.tokenizer = TextTokenizer(info.path, info.max_tokens)
-        self.engine = create_engine(profile, info, self.tokenizer, threads, cache_dir)
+        self.engine = create_engine(profile, info, self.tokenizer, threads, cache_dir, triton)
+        self.upstream = self.engine.upstream
+
+    def warm_up(self) -> None:
+        self.engine.warm_up()  # the triton engine reads its model's interface here
+        super().warm_up()
+
+    def describe(self) -> dict:
+        return {**self.engine.describe(), **super().describe()}  # its ONNX file, or Triton's address and model
 
     def prepare(self, query: str, passages: list[str], truncate: str) -> Prepared:
         from services.embed.tokenization import InputTooLongError
@@ -181,6 +192,10 @@ class CrossEncoderScorer(Scorer):
     def _logits(self, input_ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray) -> np.ndarray:
         """One logit per row."""
 
+    def logits(self, input_ids: np.ndarray, mask: np.ndarray, type_ids: np.ndarray) -> np.ndarray:
+        """One logit per row of a padded int64 batch (also what ``nimrag triton serve`` runs)."""
+        return self._logits(input_ids, mask, type_ids)
+
     def scores(self, results: list[float]) -> np.ndarray:
         return np.asarray(results, dtype=np.float32)
 
@@ -234,11 +249,17 @@ class OnnxCrossEncoder(CrossEncoderScorer):
         return {**super().describe(), "onnx_file": str(self.model_file)}
 
 
-def create_scorer(model: RerankModelInfo, profile: Profile, threads: int, cache_dir: Path) -> Scorer:
+def create_scorer(model: RerankModelInfo, profile: Profile, threads: int, cache_dir: Path,
+                  triton: TritonModel | None = None) -> Scorer:
+    """The model's scorer on the profile's engine; the ``triton`` backend calls ``triton``."""
     if model.scorer == LATE_INTERACTION:
-        return LateInteractionScorer(model, profile, threads, cache_dir)
+        return LateInteractionScorer(model, profile, threads, cache_dir, triton)
     if model.scorer == BI_ENCODER:
-        return BiEncoderScorer(model, profile, threads, cache_dir)
+        return BiEncoderScorer(model, profile, threads, cache_dir, triton)
+    if profile.backend == "triton":
+        from services.rerank.triton import TritonCrossEncoder
+
+        return TritonCrossEncoder(model, profile, triton)
     if profile.backend == "onnxruntime":
         return OnnxCrossEncoder(model, profile, threads, cache_dir)
     return TorchCrossEncoder(model, profile, threads)

@@ -10,6 +10,7 @@ import orjson
 
 from services.common.errors import InvalidRequestError
 from services.common.serving import INLINE_WORK_CHARS, BatchedServing
+from services.common.triton import TritonModel
 from services.rerank.model import RerankModelInfo
 from services.rerank.protocol import RankingRequest, RerankRequest
 from services.rerank.scorers import Prepared, RankingTooLongError, Scorer, create_scorer
@@ -26,8 +27,10 @@ class RerankServing(BatchedServing):
 
     # --- life cycle -------------------------------------------------------------------------------------------
     def load_blocking(self) -> None:
+        triton = TritonModel.from_settings(self.settings) if self.profile.backend == "triton" else None
         self.scorer = create_scorer(self.model, self.profile, self.profile.resolved_threads(self.hardware),
-                                    Path(self.settings.cache_path))
+                                    Path(self.settings.cache_path), triton)
+        self.upstream = self.scorer.upstream  # the warm-up waits for Triton: readiness names it meanwhile
         self.scorer.warm_up()
 
     def run_batch(self, items: list) -> list:

@@ -8,9 +8,10 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.common.triton import TritonSettings
 
 
-class RerankSettings(ServiceSettings):
+class RerankSettings(ServiceSettings, TritonSettings):
     model_config = SettingsConfigDict(env_prefix="NIMRAG_RERANK_", extra="ignore")
 
     port: int = Field(8002, ge=1, le=65535)
@@ -25,3 +26,6 @@ class RerankSettings(ServiceSettings):
     max_chars: int = Field(65536, ge=1, description="Most characters in the query or in one passage.")
     max_tokens: int | None = Field(None, ge=8, description="Most tokens per scored sequence (default and ceiling: "
                                                            "the model's).")
+    triton_model: str = Field("rerank", description="The reranking model in Triton, for the Triton profile: a "
+                                                    "cross-encoder's logits, or an encoder's embeddings as the "
+                                                    "scorer needs (deploy/triton/README.md).")

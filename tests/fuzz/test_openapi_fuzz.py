@@ -39,10 +39,11 @@ REQUEST_TIMEOUT_S = 60
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
 # Generation cost, not correctness: a valid request may ask the LLM for thousands of tokens (its default is the
-# whole context), which takes minutes on a CPU. Answers are capped at this many tokens; the field's validation is
-# still fuzzed by the values that are not a usable integer (left as generated).
+# whole context) in up to NIMRAG_LLM_MAX_N choices, which takes minutes on a CPU. Answers are capped at this many
+# tokens and choices (a JSON integer may be written 1e6: the same number; n and best_of alike, so that equal ones
+# stay equal); the fields' validation is still fuzzed by the values that are not a number (left as generated).
 MAX_ANSWER_TOKENS = 8
-TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+CAPS = {"max_tokens": MAX_ANSWER_TOKENS, "max_completion_tokens": MAX_ANSWER_TOKENS, "n": 2, "best_of": 2}
 GENERATING = {("llm", "/v1/chat/completions"), ("llm", "/v1/completions"), ("pipeline", "/v1/generate"),
               ("pipeline", "/v1/chat/completions")}
 
@@ -68,10 +69,10 @@ def cap_generation(case) -> None:
     if not isinstance(case.body, dict):
         return
     case.body.setdefault("max_tokens", MAX_ANSWER_TOKENS)
-    for name in TOKEN_FIELDS:
+    for name, cap in CAPS.items():
         value = case.body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_ANSWER_TOKENS:
-            case.body[name] = MAX_ANSWER_TOKENS
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > cap:
+            case.body[name] = cap
 
 
 def refused_by_http_parser(response) -> bool:
@@ -82,7 +83,14 @@ def refused_by_http_parser(response) -> bool:
             and response.text == "Invalid HTTP request received.")
 
 
-def send_and_check(service: str, case) -> None:
+def count_positive(stats: dict, case, status: int) -> None:
+    stats["positive"] += 1
+    stats["positive_2xx"] += 200 <= status < 300
+    stats["positive_4xx"] += 400 <= status < 500
+    stats["positive_statuses"][f"{case.operation.label} {status}"] += 1
+
+
+def send_and_check(service: str, case, mode: GenerationMode) -> None:
     """One example: the request, then every check on its answer, counted for the session summary."""
     stats = STATS[service]
     if service in MODEL_SERVICES:
@@ -95,6 +103,8 @@ def send_and_check(service: str, case) -> None:
         stats["2xx"] += 200 <= response.status_code < 300
         stats["statuses"][f"{case.operation.label} {response.status_code}"] += 1
         stats["5xx"] += response.status_code >= 500
+        if mode is GenerationMode.POSITIVE:
+            count_positive(stats, case, response.status_code)
         if refused_by_http_parser(response):
             stats["too_long"] += 1
             return
@@ -111,7 +121,7 @@ def fuzz_operation(service: str, operation, mode: GenerationMode) -> None:
     @FUZZ_SETTINGS
     @given(case=operation.as_strategy(generation_mode=mode))
     def example(case):
-        send_and_check(service, case)
+        send_and_check(service, case, mode)
 
     example()
 

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from guardrails.detectors import MASKS, StreamMasker, injection_patterns_in, luhn_valid, mask_spans, sensitive_spans
+from guardrails.detectors import (MASKS, StreamMasker, injection_patterns_in, is_card_number, mask_spans,
+                                  sensitive_spans)
 
 ALL = frozenset(MASKS)
 
@@ -36,8 +37,10 @@ def test_ordinary_questions_match_no_pattern(text):
     assert injection_patterns_in(text) == []
 
 
-def test_luhn():
-    assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
+def test_card_numbers_pass_the_luhn_check_and_are_not_isbns():
+    assert is_card_number("4111111111111111") and not is_card_number("4111111111111112")
+    assert not is_card_number("9781402894626")  # an ISBN-13 that passes the Luhn check
+    assert is_card_number("9792030000000000")  # a Troy card: 979 like an ISBN-13, but 16 digits
 
 
 @pytest.mark.parametrize("text,masked", [
@@ -99,6 +102,16 @@ def test_a_stream_never_splits_a_digit_run_into_a_phone_number():
     rng = random.Random(1)
     for _ in range(30):  # cutting by length alone differs from the whole text in about every other stream
         assert streamed(StreamMasker(ALL, regions), text, rng) == expected
+
+
+def test_a_stream_keeps_an_isbn_with_its_label():
+    # "0306406152" alone is a valid number in Berlin, after "ISBN" a book: a cut between the two would mask it.
+    text = ("Order ISBN 0306406152 or isbn-10: 0-8044-2957-X, or call 030 6406152 about them. ") * 3
+    expected = mask_spans(text, sensitive_spans(text, ALL, ("DE",)))
+    assert expected.count("[PHONE]") == 3 and expected.count("ISBN 0306406152") == 3
+    rng = random.Random(2)
+    for _ in range(30):
+        assert streamed(StreamMasker(ALL, ("DE",)), text, rng) == expected
 
 
 def test_a_stream_without_a_place_to_cut_is_still_released():

@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from pipeline.store import Catalog
+from pipeline.vectorstore.faiss import Catalog
 from tests.conftest import REPO, start_service
 
 FILES = 150

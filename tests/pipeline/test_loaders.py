@@ -264,7 +264,7 @@ def test_documents_are_parsed_at_most_max_concurrent_parses_at_once(tmp_path):
     from pipeline.clients import ServiceClients
     from pipeline.ingest import IngestItem, Ingestor
     from pipeline.settings import PipelineSettings
-    from pipeline.store import Catalog
+    from pipeline.vectorstore.faiss import FaissVectorStore
 
     settings = PipelineSettings(data_path=tmp_path, max_concurrent_parses=2)
     pairs, lock, inside, most = threading.Barrier(2, timeout=30), threading.Lock(), [0], [0]
@@ -283,13 +283,15 @@ def test_documents_are_parsed_at_most_max_concurrent_parses_at_once(tmp_path):
     async def run():
         clients = ServiceClients(settings)
         ingestor = Ingestor(clients, settings)
+        store = FaissVectorStore(tmp_path / "collections")
         try:
-            collection = Catalog(tmp_path / "collections").create("parses", dimension=4)
+            collection = await store.create("parses", dimension=4)
             items = [IngestItem(f"{n}.txt", load) for n in range(8)]
             return await ingestor.ingest(collection, items, chunker=None)
         finally:
             await ingestor.close()
             await clients.close()
+            await store.close()
 
     report = asyncio.run(run())
     assert report.counts() == {"failed": 8} and {f.reason for f in report.files} == {"refused after parsing"}

@@ -14,6 +14,8 @@ WARMUP_TEXTS = ["warm-up", "A longer warm-up sentence so that the engine sees mo
 
 
 class EmbeddingEngine(ABC):
+    upstream = None  # the server it forwards to (services.common.triton.TritonModel), whose readiness is ours
+
     def __init__(self, profile: Profile, model: EmbeddingModelInfo, tokenizer: TextTokenizer):
         self.profile = profile
         self.model = model
@@ -27,6 +29,11 @@ class EmbeddingEngine(ABC):
     @abstractmethod
     def token_embeddings(self, ids: list[list[int]]) -> list[np.ndarray]:
         """The last layer's token embeddings of each sequence (length x hidden, padding dropped), float32."""
+
+    def pooled(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Sentence embeddings from a padded batch's token embeddings: pooled, normalized as the model is."""
+        vectors = pool(hidden, mask, self.model.pooling)
+        return (l2_normalize(vectors) if self.model.normalize else vectors).astype(np.float32, copy=False)
 
     def warm_up(self) -> None:
         out = self.embed(self.tokenizer.encode(WARMUP_TEXTS, truncate="END"))

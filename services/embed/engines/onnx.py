@@ -10,7 +10,7 @@ from services.common.memory import onnx_run_options
 from services.common.onnx_models import cpu_session, prepare_onnx
 from services.common.padding import pad
 from services.common.profiles import Profile
-from services.embed.engines.base import EmbeddingEngine, l2_normalize, pool
+from services.embed.engines.base import EmbeddingEngine
 from services.embed.model import EmbeddingModelInfo
 from services.embed.tokenization import TextTokenizer
 
@@ -24,19 +24,21 @@ class OnnxEngine(EmbeddingEngine):
         self._session = cpu_session(self.model_file, threads)
         self._inputs = [i.name for i in self._session.get_inputs()]
 
+    def hidden_states(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The last layer's token embeddings of a padded int64 batch (also what ``nimrag triton serve`` runs)."""
+        feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+        return self._session.run(None, {name: feeds[name] for name in self._inputs}, onnx_run_options())[0]
+
     def _hidden(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         input_ids, mask = pad(ids, self.tokenizer.pad_id)
-        feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
-        return self._session.run(None, {name: feeds[name] for name in self._inputs}, onnx_run_options())[0], mask
+        return self.hidden_states(input_ids, mask), mask
 
     def token_embeddings(self, ids: list[list[int]]) -> list[np.ndarray]:
         hidden, _ = self._hidden(ids)
         return [hidden[row, : len(seq)] for row, seq in enumerate(ids)]
 
     def embed(self, ids: list[list[int]]) -> np.ndarray:
-        hidden, mask = self._hidden(ids)
-        vectors = pool(hidden, mask, self.model.pooling)
-        return (l2_normalize(vectors) if self.model.normalize else vectors).astype(np.float32, copy=False)
+        return self.pooled(*self._hidden(ids))
 
     def describe(self) -> dict:
         return {**super().describe(), "onnx_file": str(self.model_file)}

@@ -69,6 +69,7 @@ class TokenLogprob:
     logprob: float
     bytes: list[int] | None = None
     top: tuple[TopLogprob, ...] = ()
+    token_id: int | None = None  # where the engine says (llama.cpp): what ``nimrag triton serve`` streams
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class LLMEngine(ABC):
     """Blocking engine calls; the serving layer runs every one of them in a worker thread."""
 
     name: str = "engine"
+    upstream = None  # the server it forwards to (services.common.triton.TritonModel), whose readiness is ours
     # What this engine can enforce: "json_schema", "choice", "regex", "logprobs", "logit_bias".
     features: frozenset[str] = frozenset()
 

@@ -196,4 +196,4 @@ class LlamaCppEngine(LLMEngine):
 
 def _token_logprob(entry: dict, top_n: int) -> TokenLogprob:
     top = tuple(TopLogprob(t["token"], t["logprob"], t.get("bytes")) for t in entry.get("top_logprobs", ())[:top_n])
-    return TokenLogprob(entry["token"], entry["logprob"], entry.get("bytes"), top)
+    return TokenLogprob(entry["token"], entry["logprob"], entry.get("bytes"), top, entry.get("id"))

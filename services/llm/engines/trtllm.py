@@ -22,25 +22,23 @@ TensorRT-LLM returns no finish reason and drops the end id from its output, so a
 ``max_tokens`` stopped at the end id ("stop"). Stop strings are matched here on the decoded text (exact across
 token boundaries); a match cancels the request. Logprobs: the sampled token's only (TensorRT-LLM has no top-N).
 
-Threads: every ``generate`` runs in its own worker thread and takes a gRPC client from an idle pool (a
-``tritonclient`` client holds one stream at a time, so clients are never shared between threads), returning it
-when done.
+Threads: every ``generate`` runs in its own worker thread and takes a gRPC client from the idle pool of
+:class:`services.common.triton.TritonModel` (a ``tritonclient`` client holds one stream at a time, so clients are
+never shared between threads), returning it when done. That class also waits for Triton at load, watches its
+readiness afterwards (``/v1/health/ready`` is a 503 naming Triton while it is down) and maps its errors; a stream
+that sends nothing for ``NIMRAG_LLM_TRITON_TIMEOUT_S`` is cancelled with a 503.
 """
 
 from __future__ import annotations
 
 import json
 import queue
-import time
 from pathlib import Path
 
 import numpy as np
 
-from services.common.errors import (
-    InvalidRequestError,
-    ServiceNotReadyError,
-    StartupError,
-)
+from services.common.errors import StartupError
+from services.common.triton import TritonModel, TritonUnavailable, infer_input
 from services.llm.engines.base import (
     DEFAULT_CONTEXT_CAP,
     Emit,
@@ -56,51 +54,41 @@ from services.llm.engines.text import TextStream, apply_chat_template, tokenize_
 from services.llm.model import LLMModelInfo
 from services.llm.settings import LLMSettings
 
-READY_TIMEOUT_S = 120.0  # a Triton loading TensorRT-LLM engines takes a while to become ready
 REQUIRED_INPUTS = ("input_ids", "input_lengths", "request_output_len")
-
-
-class TritonUnavailable(StartupError):
-    """Triton cannot be reached, or does not serve a usable TensorRT-LLM model."""
 
 
 class TritonTrtLlmEngine(LLMEngine):
     name = "trtllm"
 
     def __init__(self, model: LLMModelInfo, settings: LLMSettings, *, slots: int,
-                 ready_timeout: float = READY_TIMEOUT_S):
+                 ready_timeout: float | None = None):
         self.model = model
         self.settings = settings
-        self.url = settings.triton_url
-        self.model_name = settings.triton_model  # the ensemble's token-level step once loaded
+        # The ensemble's token-level step once loaded. Its readiness is the service's (ModelServing.upstream).
+        self.triton = self.upstream = TritonModel.from_settings(settings)
         self.slots = slots
-        self.ready_timeout = ready_timeout
+        self.ready_timeout = ready_timeout  # None: wait for Triton as long as it takes
         self.features = frozenset()
         self.tokenizer = None
         self.info: EngineInfo | None = None
         self._dtypes: dict[str, type] = {}  # declared input name -> numpy type
-        self._idle: queue.SimpleQueue = queue.SimpleQueue()
 
     # --- loading ------------------------------------------------------------------------------------------
-    def load(self) -> EngineInfo:
-        if not self.url:
-            raise TritonUnavailable("the trtllm profiles need NIMRAG_LLM_TRITON_URL (Triton's gRPC host:port)")
-        self.tokenizer = self._load_tokenizer()
-        client = self._client()
-        try:
-            self._wait_ready(client)
-            config = self._token_model_config(client)
-        finally:
-            client.close()
-        inputs = {i["name"]: i["data_type"] for i in config.get("input", ())}
-        outputs = {o["name"] for o in config.get("output", ())}
-        self._check_interface(config, inputs, outputs)
-        from tritonclient.utils import triton_to_np_dtype
+    @property
+    def model_name(self) -> str:
+        return self.triton.name
 
-        self._dtypes = {name: triton_to_np_dtype(kind.removeprefix("TYPE_")) for name, kind in inputs.items()}
-        if "return_log_probs" in inputs and "output_log_probs" in outputs:
+    def load(self) -> EngineInfo:
+        self.tokenizer = self._load_tokenizer()
+        self.triton.wait_ready(self.ready_timeout)
+        config = self._token_model_config(self.triton)
+        self.triton.start_monitor()
+        interface = self.triton.interface()  # the token-level model's, now named
+        self._check_interface(config, interface.inputs, interface.outputs)
+        self._dtypes = interface.inputs
+        if "return_log_probs" in interface.inputs and "output_log_probs" in interface.outputs:
             self.features = frozenset({"logprobs"})
-        max_batch = int(config.get("max_batch_size") or 0)
+        max_batch = interface.max_batch_size
         self.info = EngineInfo(context_length=self._context_length(), vocab_size=len(self.tokenizer),
                                slots=min(self.slots, max_batch) if max_batch > 0 else self.slots)
         return self.info
@@ -117,38 +105,21 @@ class TritonTrtLlmEngine(LLMEngine):
             raise StartupError(f"cannot load a Hugging Face tokenizer from {path} (set NIMRAG_LLM_TOKENIZER to "
                                f"the model's tokenizer folder): {exc}") from exc
 
-    def _wait_ready(self, client) -> None:
-        from tritonclient.utils import InferenceServerException
-
-        deadline = time.monotonic() + self.ready_timeout
-        problem = "not ready"
-        while True:
-            try:
-                if client.is_server_ready(client_timeout=5) and client.is_model_ready(self.model_name,
-                                                                                      client_timeout=5):
-                    return
-                problem = f"model '{self.model_name}' is not ready (is it in the model repository?)"
-            except InferenceServerException as exc:
-                problem = f"not reachable: {exc.message()}"
-            if time.monotonic() >= deadline:
-                raise TritonUnavailable(f"Triton at {self.url} serving '{self.model_name}': {problem}")
-            time.sleep(1)
-
-    def _token_model_config(self, client) -> dict:
-        """The configured model's config, or that of the ensemble step which takes token ids."""
-        config = client.get_model_config(self.model_name, as_json=True)["config"]
+    def _token_model_config(self, triton) -> dict:
+        """The configured model's config, or that of the ensemble step which takes token ids (then named)."""
+        config = triton.config(self.model_name)
         if "input_ids" in {i["name"] for i in config.get("input", ())} or config.get("platform") != "ensemble":
             return config
         for step in config.get("ensemble_scheduling", {}).get("step", ()):
-            sub = client.get_model_config(step["model_name"], as_json=True)["config"]
+            sub = triton.config(step["model_name"])
             if "input_ids" in {i["name"] for i in sub.get("input", ())}:
-                self.model_name = step["model_name"]
+                self.triton.name = step["model_name"]
                 return sub
         return config  # _check_interface says what is missing
 
     def _check_interface(self, config: dict, inputs: dict, outputs: set) -> None:
         missing = [n for n in REQUIRED_INPUTS if n not in inputs] + [n for n in ("output_ids",) if n not in outputs]
-        where = f"Triton model '{self.model_name}' at {self.url}"
+        where = f"Triton model '{self.model_name}' at {self.triton.url}"
         if missing:
             raise TritonUnavailable(f"{where} lacks {', '.join(missing)}: point NIMRAG_LLM_TRITON_MODEL at "
                                     "TensorRT-LLM's token-level 'tensorrt_llm' model (or an ensemble using it)")
@@ -186,7 +157,7 @@ class TritonTrtLlmEngine(LLMEngine):
 
     # --- generation ---------------------------------------------------------------------------------------
     def generate(self, prompt: list[int], params: SamplingParams, emit: Emit) -> Finished:
-        client = self._idle_client()
+        client = self.triton.take_client()
         responses: queue.SimpleQueue = queue.SimpleQueue()
         try:
             client.start_stream(callback=lambda result, error: responses.put((result, error)))
@@ -198,7 +169,7 @@ class TritonTrtLlmEngine(LLMEngine):
             client.close()
             raise
         _stop_stream(client, cancel=running)
-        self._idle.put(client)
+        self.triton.give_back(client)
         return finished
 
     def _request(self, prompt: list[int], p: SamplingParams) -> list:
@@ -214,19 +185,13 @@ class TritonTrtLlmEngine(LLMEngine):
             "presence_penalty": [[p.presence_penalty]], "frequency_penalty": [[p.frequency_penalty]],
         }
         if p.seed is not None:
-            values["random_seed"] = [[p.seed]]
+            values["random_seed"] = values["seed"] = [[p.seed]]  # older and newer backends name it so
         if p.logprobs is not None:
             values["return_log_probs"] = [[True]]
         return [self._tensor(name, value) for name, value in values.items() if name in self._dtypes]
 
     def _tensor(self, name: str, value: list):
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import np_to_triton_dtype
-
-        array = np.array(value).astype(self._dtypes[name])  # wraps -1 to the largest id for unsigned types
-        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        return tensor
+        return infer_input(name, np.array(value).astype(self._dtypes[name]))  # -1 wraps for unsigned types
 
     def _consume(self, responses: queue.SimpleQueue, prompt: list[int], params: SamplingParams,
                  emit: Emit) -> tuple[Finished, bool]:
@@ -234,9 +199,12 @@ class TritonTrtLlmEngine(LLMEngine):
         stream = TextStream(self.tokenizer, prompt, params.stop)
         count = held = 0  # generated tokens; those not yet covered by an emitted piece
         while True:
-            result, error = responses.get()
+            try:
+                result, error = responses.get(timeout=self.triton.timeout_s)
+            except queue.Empty:  # the caller cancels the stream
+                raise self.triton.error_late() from None
             if error is not None:
-                raise self._error(error)
+                raise self.triton.error(error, invalid_is_client_error=True)
             tokens, logprobs = self._new_tokens(result, params.logprobs is not None)
             final = _is_final(result)
             count += len(tokens)
@@ -265,33 +233,8 @@ class TritonTrtLlmEngine(LLMEngine):
         return tokens, tuple(TokenLogprob(p, v, None if "\ufffd" in p else list(p.encode()))  # part of a character
                              for p, v in zip(pieces, values))
 
-    def _error(self, error) -> Exception:
-        status = str(error.status() or "")
-        if status.endswith("UNAVAILABLE"):
-            return ServiceNotReadyError(f"Triton at {self.url} is unavailable: {error.message()}",
-                                        code="triton_unavailable")
-        if status.endswith("INVALID_ARGUMENT"):
-            return InvalidRequestError(f"TensorRT-LLM rejected the request: {error.message()}")
-        return RuntimeError(f"Triton model '{self.model_name}' at {self.url} failed: {error.message()}")
-
-    # --- clients ------------------------------------------------------------------------------------------
-    def _client(self):
-        import tritonclient.grpc as grpcclient
-
-        return grpcclient.InferenceServerClient(self.url)
-
-    def _idle_client(self):
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            return self._client()
-
     def close(self) -> None:
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
+        self.triton.close()
 
 
 def _is_final(result) -> bool:

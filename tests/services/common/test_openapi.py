@@ -11,6 +11,7 @@ import orjson
 import pytest
 import referencing
 from openapi_spec_validator import validate
+from pydantic import ValidationError
 from referencing.jsonschema import DRAFT202012
 
 from services.common.errors import APIError, InternalError, PayloadTooLargeError, error_body
@@ -131,13 +132,16 @@ def test_metrics_are_documented_as_text(documents):
 
 def test_upload_form_is_described(documents):
     doc = documents["pipeline"]
-    form = doc["paths"]["/v1/documents"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    media = doc["paths"]["/v1/documents"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    form = media["schema"]
     assert form["required"] == ["documents"]
-    assert form["properties"]["documents"] == {"type": "array", "items": {"type": "string", "format": "binary"}}
+    files = form["properties"]["documents"]
+    assert files["type"] == "array" and files["minItems"] == 1
+    assert files["items"] == {"type": "string", "format": "binary"}
     data = form["properties"]["data"]
-    assert data["type"] == "string" and data["contentMediaType"] == "application/json"
-    assert data["contentSchema"] == {"$ref": "#/components/schemas/UploadOptions"}
-    options = resolver(doc).lookup(data["contentSchema"]["$ref"]).contents
+    assert data["$ref"] == "#/components/schemas/UploadOptions"
+    assert media["encoding"] == {"data": {"contentType": "application/json"}}  # a JSON part, not form-encoded
+    options = resolver(doc).lookup(data["$ref"]).contents
     assert {"collection_name", "blocking", "split_options"} <= options["properties"].keys()
     split = resolver(doc).lookup(options["properties"]["split_options"]["$ref"]).contents
     assert {"chunk_size", "chunk_overlap"} <= split["properties"].keys()
@@ -148,3 +152,112 @@ def test_pipeline_endpoints_that_call_the_services_document_their_failures(docum
     for path in ("/v1/search", "/v1/generate", "/v1/chat/completions", "/v1/documents", "/v1/collections"):
         assert {"502", "503", "504"} <= paths[path]["post"]["responses"].keys(), path
     assert "503" not in paths["/v1/documents"]["get"]["responses"]  # reads the local store only
+
+
+def schema_validator(doc: dict, model: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{model}", "components": doc["components"]},
+                                           format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def request_model(name: str):
+    import pipeline.protocol
+    import services.embed.protocol
+    import services.llm.protocol
+    import services.rerank.protocol
+
+    for module in (services.llm.protocol, services.embed.protocol, services.rerank.protocol, pipeline.protocol):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise LookupError(name)
+
+
+Q = [{"role": "user", "content": "Hi"}]
+# (service, model, body, refused by): what the document refuses is refused by validation ("pydantic": a 422) or by
+# the serving layer ("service": its 400, tested against the running services in tests/services and tests/pipeline).
+REFUSED = [
+    ("llm", "ChatCompletionRequest", {"messages": [{"role": "user"}]}, "pydantic"),
+    ("llm", "ChatCompletionRequest", {"messages": [{"role": "tool", "content": None}]}, "pydantic"),
+    ("llm", "ChatCompletionRequest", {"messages": Q, "top_logprobs": 2}, "pydantic"),
+    ("llm", "ChatCompletionRequest", {"messages": Q, "logprobs": False, "top_logprobs": 2}, "pydantic"),
+    ("llm", "ChatCompletionRequest", {"messages": Q, "stop": ["a", ""]}, "pydantic"),
+    ("llm", "ChatCompletionRequest", {"messages": Q, "stop": ""}, "pydantic"),
+    ("llm", "ChatCompletionRequest", {"messages": Q, "guided_choice": ["a", ""]}, "pydantic"),
+    ("llm", "ChatCompletionRequest", {"messages": Q, "nvext": {"guided_choice": [""]}}, "pydantic"),
+    ("llm", "ChatCompletionRequest", {"messages": Q, "response_format": {"type": "json_schema"}}, "pydantic"),
+    ("llm", "ChatCompletionRequest", {"messages": Q, "stream_options": {"include_usage": True}}, "service"),
+    ("llm", "ChatCompletionRequest", {"messages": Q, "n": 9}, "service"),  # NIMRAG_LLM_MAX_N: 8
+    ("llm", "ChatCompletionRequest", {"messages": Q, "stop": [str(i) for i in range(17)]}, "service"),
+    ("llm", "ChatCompletionRequest", {"messages": Q, "logit_bias": {"x": 1}}, "service"),
+    ("llm", "ChatCompletionRequest", {"messages": Q, "guided_regex": "("}, "service"),
+    ("llm", "CompletionRequest", {"prompt": []}, "pydantic"),
+    ("llm", "CompletionRequest", {"prompt": [[1], []]}, "pydantic"),
+    ("llm", "CompletionRequest", {"prompt": ""}, "service"),
+    ("llm", "CompletionRequest", {"prompt": [-1]}, "service"),
+    ("llm", "CompletionRequest", {"prompt": [1, 2], "echo": True}, "service"),
+    ("llm", "CompletionRequest", {"prompt": ["a"] * 33}, "service"),  # NIMRAG_LLM_MAX_PROMPTS: 32
+    ("llm", "TokenizeRequest", {}, "pydantic"),
+    ("llm", "TokenizeRequest", {"prompt": "a", "messages": Q}, "pydantic"),
+    ("embed", "EmbeddingRequest", {"input": []}, "service"),
+    ("embed", "EmbeddingRequest", {"input": " \t\x1c"}, "service"),
+    ("embed", "EmbeddingRequest", {"input": ["a", ""]}, "service"),
+    ("embed", "EmbeddingRequest", {"input": [[1, 2]]}, "service"),
+    ("embed", "EmbeddingRequest", {"input": ["a", None]}, "service"),
+    ("rerank", "RankingRequest", {"query": {"text": " "}, "passages": [{"text": "a"}]}, "service"),
+    ("rerank", "RankingRequest", {"query": {"text": "q"}, "passages": []}, "service"),
+    ("rerank", "RerankRequest", {"query": "q", "documents": ["a", "\u3000"]}, "service"),
+    ("pipeline", "SearchRequest", {}, "pydantic"),
+    ("pipeline", "SearchRequest", {"query": "  "}, "pydantic"),
+    ("pipeline", "SearchRequest", {"query": "q", "collection_names": [f"c{i}" for i in range(6)]}, "service"),
+    ("pipeline", "SearchRequest", {"query": "q", "enable_reranker": False, "confidence_threshold": 0.5}, "service"),
+    ("pipeline", "GenerateRequest", {"messages": Q, "stop": ""}, "pydantic"),
+    ("pipeline", "GenerateRequest", {"messages": Q, "enable_guardrails": True, "guardrails": {"enabled": False}},
+     "service"),
+    ("llm", "ChatCompletionRequest", {"messages": Q, "repetition_penalty": 5e-324}, "service"),  # 0 as a float32
+]
+ACCEPTED = [
+    ("llm", "ChatCompletionRequest", {"messages": [{"role": "assistant"}, *Q, {"role": "user", "content": [
+        {"type": "text", "text": "x"}]}], "logprobs": True, "top_logprobs": 2, "stop": "END", "n": 8}),
+    ("llm", "ChatCompletionRequest", {"messages": Q, "top_logprobs": None, "stream": True,
+                                      "stream_options": {"include_usage": True}, "logit_bias": {"42": -1}}),
+    ("llm", "ChatCompletionRequest", {"messages": Q, "response_format": {"type": "json_schema", "json_schema": {
+        "schema": {"type": "object"}}}, "guided_regex": "[a-z]+"}),
+    ("llm", "CompletionRequest", {"prompt": [[1, 2], [3]], "echo": False}),
+    ("llm", "CompletionRequest", {"prompt": ["a", "b"], "echo": True}),
+    ("llm", "TokenizeRequest", {"prompt": "a", "messages": None}),
+    ("llm", "TokenizeRequest", {"messages": Q}),
+    ("embed", "EmbeddingRequest", {"input": ["a", " b "], "dimensions": 384}),
+    ("rerank", "RerankRequest", {"query": "q", "documents": ["a", {"text": "b"}]}),
+    ("pipeline", "SearchRequest", {"messages": Q, "confidence_threshold": 0.5}),
+    ("pipeline", "GenerateRequest", {"messages": Q, "stop": "END", "enable_reranker": False}),
+    ("pipeline", "GenerateRequest", {"messages": Q, "enable_guardrails": True, "guardrails": {"config_id": "x"}}),
+    ("pipeline", "ChatRequest", {"messages": Q, "enable_guardrails": False, "guardrails": {"enabled": False}}),
+]
+
+
+@pytest.mark.parametrize(("service", "model", "body", "by"), REFUSED)
+def test_the_schema_refuses_what_validation_refuses(documents, service, model, body, by):
+    assert not schema_validator(documents[service], model).is_valid(body)
+    if by == "pydantic":
+        with pytest.raises(ValidationError):
+            request_model(model).model_validate(body)
+
+
+@pytest.mark.parametrize(("service", "model", "body"), ACCEPTED)
+def test_the_schema_accepts_what_validation_accepts(documents, service, model, body):
+    schema_validator(documents[service], model).validate(body)
+    request_model(model).model_validate(body)
+
+
+def test_documents_publish_the_running_settings_limits(documents):
+    from services.embed.app import create_app as embed_app
+    from services.embed.settings import EmbedSettings
+
+    n = documents["llm"]["components"]["schemas"]["ChatCompletionRequest"]["properties"]["n"]
+    assert n["maximum"] == 8 and n["x-nimrag-set-by"] == {"maximum": "NIMRAG_LLM_MAX_N"}  # the default, not le=128
+    doc = orjson.loads(orjson.dumps(embed_app(EmbedSettings(max_inputs=7, max_chars=100)).openapi()))
+    texts = doc["components"]["schemas"]["EmbeddingRequest"]["properties"]["input"]["anyOf"][1]
+    assert texts["maxItems"] == 7 and texts["items"]["maxLength"] == 100
+    assert documents["embed"]["components"]["schemas"]["EmbeddingRequest"]["properties"]["input"]["anyOf"][1][
+        "maxItems"] == 2048  # the other app's document keeps its own settings
+    for document in (doc, *documents.values()):
+        assert b"x-nimrag-setting-limits" not in orjson.dumps(document)  # every marker was replaced

@@ -23,9 +23,9 @@ def broken_pipeline(tmp_path) -> Iterator[str]:
     app = create_app(PipelineSettings(data_path=tmp_path))
 
     def bug():
-        raise ZeroDivisionError("a bug in the catalog")
+        raise ZeroDivisionError("a bug in the store")
 
-    app.state.service.catalog.list = bug  # GET /v1/collections now fails inside its work
+    app.state.service.store.list = bug  # GET /v1/collections now fails inside its work
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

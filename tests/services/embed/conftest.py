@@ -3,6 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import start_service
+
 # A fixed text set of varied length, language and punctuation: every backend is checked against the fp32
 # reference on it.
 TEXTS = [
@@ -46,3 +48,16 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return (a * b).sum(axis=1)
+
+
+@pytest.fixture(scope="session")
+def triton_embed_service(service_tmp, triton_host):
+    """The embedding service on its Triton profile: the gateway here, the ONNX engine in ``nimrag triton serve``."""
+    svc = start_service("embed", service_tmp, env={"NIMRAG_EMBED_TRITON_URL": triton_host.url})
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def api_embed_service(request, backend):
+    return request.getfixturevalue("embed_service" if backend == "in-process" else "triton_embed_service")

@@ -1,4 +1,6 @@
-"""The embedding service end to end: started as users start it, called with real clients over loopback."""
+"""The embedding service end to end: started as users start it, called with real clients over loopback; every
+test on each backend (tests/services/embed/conftest.py): the engine in-process, and in Triton
+(``nimrag triton serve``)."""
 
 from __future__ import annotations
 
@@ -19,21 +21,21 @@ MIN_COSINE = 0.99
 
 
 @pytest.fixture(scope="module")
-def client(embed_service) -> openai.OpenAI:
-    return openai.OpenAI(base_url=embed_service.base_url + "/v1", api_key="unused", max_retries=0)
+def client(api_embed_service) -> openai.OpenAI:
+    return openai.OpenAI(base_url=api_embed_service.base_url + "/v1", api_key="unused", max_retries=0)
 
 
 @pytest.fixture(scope="module")
-def http(embed_service):
-    with httpx.Client(base_url=embed_service.base_url, timeout=60) as c:
+def http(api_embed_service):
+    with httpx.Client(base_url=api_embed_service.base_url, timeout=60) as c:
         yield c
 
 
-def test_health_goes_from_503_to_200_during_start_up(embed_service):
+def test_health_goes_from_503_to_200_during_start_up(api_embed_service):
     # 503 while loading, then 200; a fast load can be ready before the first probe (see test_serving.py).
-    statuses = embed_service.ready_statuses
+    statuses = api_embed_service.ready_statuses
     assert statuses[-1] == 200 and set(statuses[:-1]) <= {503}, statuses
-    assert "model ready" in embed_service.wait_for_log("model ready")
+    assert "model ready" in api_embed_service.wait_for_log("model ready")
 
 
 def test_openai_sdk_default_base64_matches_reference(client, reference_embeddings):
@@ -61,9 +63,9 @@ def test_base64_and_float_carry_the_same_vectors(http):
         np.testing.assert_allclose(decoded, np.array(f["embedding"], dtype=np.float32), rtol=1e-6)
 
 
-def test_async_client_under_concurrency_gets_each_its_own_answer(embed_service, reference_embeddings):
+def test_async_client_under_concurrency_gets_each_its_own_answer(api_embed_service, reference_embeddings):
     async def run():
-        aclient = openai.AsyncOpenAI(base_url=embed_service.base_url + "/v1", api_key="unused")
+        aclient = openai.AsyncOpenAI(base_url=api_embed_service.base_url + "/v1", api_key="unused")
         results = await asyncio.gather(*(aclient.embeddings.create(input=[t], model=MODEL) for t in TEXTS))
         await aclient.close()
         return np.array([r.data[0].embedding for r in results], dtype=np.float32)
@@ -72,15 +74,23 @@ def test_async_client_under_concurrency_gets_each_its_own_answer(embed_service, 
     assert cosine_rows(got, reference_embeddings).min() >= MIN_COSINE
 
 
-def test_langchain_nvidia_embeddings(embed_service, reference_model):
+def test_langchain_nvidia_embeddings(api_embed_service, reference_model):
     from langchain_nvidia_ai_endpoints import NVIDIAEmbeddings
 
-    embedder = NVIDIAEmbeddings(base_url=embed_service.base_url + "/v1", model=MODEL, truncate="END")
+    embedder = NVIDIAEmbeddings(base_url=api_embed_service.base_url + "/v1", model=MODEL, truncate="END")
     query = np.array([embedder.embed_query(TEXTS[1])], dtype=np.float32)
     docs = np.array(embedder.embed_documents(TEXTS[2:4]), dtype=np.float32)
     assert cosine_rows(query, reference_model.encode([TEXTS[1]]))[0] >= MIN_COSINE
     assert cosine_rows(docs, reference_model.encode(TEXTS[2:4])).min() >= MIN_COSINE
     assert float(query[0] @ docs[0]) > float(query[0] @ docs[1])  # Paris answers the capital question
+
+
+def test_the_backend_serves(http, backend):
+    meta = http.get("/v1/metadata").json()
+    if backend == "triton":
+        assert meta["selectedModelProfileId"] == "tensorrt-triton" and meta["engine"]["triton_model"] == "embed"
+    else:
+        assert meta["engine"]["backend"] in ("onnxruntime", "torch")
 
 
 def test_input_type_and_model_suffix_are_accepted(http):
@@ -151,13 +161,13 @@ def test_bad_input_gets_a_clear_4xx(http, name, body, status, words):
 
 @pytest.mark.parametrize("payload", [b"{not json", b"", b"\xff\xfe garbage", b'{"input": "x"'],
                          ids=["broken", "empty body", "binary", "truncated"])
-def test_malformed_json_is_a_400(embed_service, payload):
-    status, body = _raw_post(embed_service.port, payload)
+def test_malformed_json_is_a_400(api_embed_service, payload):
+    status, body = _raw_post(api_embed_service.port, payload)
     assert status == 400 and json.loads(body)["error"]["code"] == "malformed_json"
 
 
-def test_missing_content_type_still_parses_json(embed_service):
-    status, body = _raw_post(embed_service.port, b'{"input": "x"}', headers="")
+def test_missing_content_type_still_parses_json(api_embed_service):
+    status, body = _raw_post(api_embed_service.port, b'{"input": "x"}', headers="")
     assert status == 200 and json.loads(body)["data"][0]["object"] == "embedding"
 
 
@@ -214,19 +224,19 @@ def test_request_id_is_echoed_or_generated(http):
     assert len(generated.headers["x-request-id"]) == 32
 
 
-def test_logs_are_json_lines_with_request_ids(embed_service, http):
+def test_logs_are_json_lines_with_request_ids(api_embed_service, http):
     http.post("/v1/embeddings", json={"input": "x"}, headers={"X-Request-Id": "log-check-1"})
-    log = embed_service.wait_for_log('"request_id":"log-check-1"')
+    log = api_embed_service.wait_for_log('"request_id":"log-check-1"')
     lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     access = [e for e in lines if e.get("request_id") == "log-check-1"]
     assert access and access[-1]["status"] == 200 and access[-1]["path"] == "/v1/embeddings"
     assert any(e["msg"] == "selected profile" for e in lines)
 
 
-def test_client_disconnect_does_not_break_the_service(embed_service, http):
+def test_client_disconnect_does_not_break_the_service(api_embed_service, http):
     payload = json.dumps({"input": ["some text to embed"] * 256}).encode()
     for _ in range(5):
-        with socket.create_connection(("127.0.0.1", embed_service.port)) as s:
+        with socket.create_connection(("127.0.0.1", api_embed_service.port)) as s:
             s.sendall(f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
                       + payload)
         # closed before the answer

@@ -24,6 +24,28 @@ def llm_service(service_tmp) -> Iterator[ServiceProcess]:
     svc.stop()
 
 
+@pytest.fixture(scope="session")
+def triton_llm_service(service_tmp, triton_host, tokenizer_dir) -> Iterator[ServiceProcess]:
+    """The LLM service on its Triton profile (the trtllm engine), the same GGUF on llama.cpp in
+    ``nimrag triton serve`` behind TensorRT-LLM's ``tensorrt_llm`` model."""
+    svc = start_service("llm", service_tmp, env={"NIMRAG_LLM_TRITON_URL": triton_host.url,
+                                                 "NIMRAG_LLM_TRITON_MODEL": "tensorrt_llm",
+                                                 "NIMRAG_LLM_TOKENIZER": str(tokenizer_dir)})
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def api_llm_service(request, backend) -> ServiceProcess:
+    return request.getfixturevalue("llm_service" if backend == "in-process" else "triton_llm_service")
+
+
+def needs_llamacpp(backend: str, feature: str) -> None:
+    """Skip on the trtllm engine, which answers a 400 for ``feature`` (test_trtllm_engine.py checks the refusal)."""
+    if backend == "triton":
+        pytest.skip(f"{feature}: the trtllm engine refuses it with a 400 (test_trtllm_engine.py)")
+
+
 def metric(base_url: str, name: str, headers: dict | None = None) -> float:
     """A metric's value summed over its labels, read from /v1/metrics."""
     text = httpx.get(base_url + "/v1/metrics", headers=headers or {}).text

@@ -1,5 +1,7 @@
 """The LLM service over real HTTP with real clients: the openai SDK (sync, async, streaming) and LangChain's
-ChatNVIDIA, on the bundled SmolLM2-135M-Instruct."""
+ChatNVIDIA, on the bundled SmolLM2-135M-Instruct; every test on each backend (tests/services/llm/conftest.py):
+llama.cpp in-process, and llama.cpp in Triton (``nimrag triton serve``) behind the trtllm engine, which skips only
+what TensorRT-LLM's interface cannot carry."""
 
 from __future__ import annotations
 
@@ -12,22 +14,23 @@ import openai
 import pytest
 
 from services.llm.model import DEFAULT_MODEL_NAME
-from tests.services.llm.conftest import metric
+from tests.services.conftest import LLM_SLOTS
+from tests.services.llm.conftest import metric, needs_llamacpp
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def client(llm_service):
-    return openai.OpenAI(base_url=llm_service.base_url + "/v1", api_key="unused", max_retries=0)
+def client(api_llm_service):
+    return openai.OpenAI(base_url=api_llm_service.base_url + "/v1", api_key="unused", max_retries=0)
 
 
-def test_ready_only_after_warm_up(llm_service):
+def test_ready_only_after_warm_up(api_llm_service):
     # Probes while loading answer 503, then 200 once warmed up. The 503 itself can be missed when the small model
     # is ready before the first probe; tests/services/common/test_serving.py checks the gate without timing.
-    statuses = llm_service.ready_statuses
+    statuses = api_llm_service.ready_statuses
     assert statuses[-1] == 200 and set(statuses[:-1]) <= {503}, statuses
-    assert "model ready" in llm_service.wait_for_log("model ready")
+    assert "model ready" in api_llm_service.wait_for_log("model ready")
 
 
 def test_models_lists_the_served_model(client):
@@ -71,8 +74,8 @@ def test_stream_with_usage(client):
     assert text == client.chat.completions.create(**ask).choices[0].message.content
 
 
-def test_stream_ends_with_done(llm_service):
-    with httpx.stream("POST", llm_service.base_url + "/v1/chat/completions", timeout=60,
+def test_stream_ends_with_done(api_llm_service):
+    with httpx.stream("POST", api_llm_service.base_url + "/v1/chat/completions", timeout=60,
                       json={"messages": QUESTION, "max_tokens": 4, "stream": True}) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in r.iter_lines() if line]
@@ -103,7 +106,8 @@ def test_stop_sequence(client):
     assert stopped.choices[0].text == text[: text.index(" 6")]
 
 
-def test_json_schema_output_validates(client):
+def test_json_schema_output_validates(client, backend):
+    needs_llamacpp(backend, "response_format json_schema")
     schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
                                                "population": {"type": "integer"}},
               "required": ["city", "population"], "additionalProperties": False}
@@ -114,7 +118,8 @@ def test_json_schema_output_validates(client):
     jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
 
 
-def test_json_object_and_guided_choice(client):
+def test_json_object_and_guided_choice(client, backend):
+    needs_llamacpp(backend, "response_format json_object, guided_choice")
     obj = client.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=QUESTION, max_tokens=60,
                                          response_format={"type": "json_object"}, seed=2)
     assert isinstance(json.loads(obj.choices[0].message.content), dict)
@@ -123,7 +128,8 @@ def test_json_object_and_guided_choice(client):
     assert picked.choices[0].message.content in ("Paris", "Lyon", "Nice")
 
 
-def test_logprobs(client):
+def test_logprobs(client, backend):
+    needs_llamacpp(backend, "top_logprobs")
     reply = client.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=QUESTION, max_tokens=5,
                                            temperature=0, logprobs=True, top_logprobs=3)
     entries = reply.choices[0].logprobs.content
@@ -134,7 +140,8 @@ def test_logprobs(client):
     assert "".join(e.token for e in entries) == reply.choices[0].message.content
 
 
-def test_completions_echo_logprobs_and_batch(client):
+def test_completions_echo_logprobs_and_batch(client, backend):
+    needs_llamacpp(backend, "logprobs with alternatives")
     reply = client.completions.create(model=DEFAULT_MODEL_NAME, prompt=["The sky is", "Grass is"], max_tokens=4,
                                       temperature=0, echo=True, logprobs=2)
     assert [c.index for c in reply.choices] == [0, 1]
@@ -144,12 +151,13 @@ def test_completions_echo_logprobs_and_batch(client):
     assert all(len(top) == 2 for top in lp.top_logprobs)
 
 
-def test_top_k_at_top_level_and_logit_bias(client):
+def test_top_k_at_top_level_and_logit_bias(client, backend):
     ask = {"model": DEFAULT_MODEL_NAME, "prompt": "The capital of France is", "max_tokens": 3, "temperature": 0}
     greedy = client.completions.create(**ask).choices[0].text
     # NIM's top_k at the top level: top-1 sampling at temperature 1 is greedy decoding
     assert client.completions.create(**{**ask, "temperature": 1.0}, extra_body={"top_k": 1}).choices[0].text \
         == greedy
+    needs_llamacpp(backend, "logit_bias")
     # +100 on one token id makes it win every step
     forced = client.completions.create(**ask, logit_bias={"42": 100}, logprobs=0).choices[0]
     assert len(set(forced.logprobs.tokens)) == 1 and forced.text != greedy
@@ -168,16 +176,16 @@ async def _async_chat(base_url: str) -> list[str]:
     return [r.choices[0].message.content for r in replies] + ["".join(pieces)]
 
 
-def test_async_client_concurrent(llm_service):
-    answers = asyncio.run(_async_chat(llm_service.base_url))
+def test_async_client_concurrent(api_llm_service):
+    answers = asyncio.run(_async_chat(api_llm_service.base_url))
     assert len(answers) == 7 and all(answers)
-    assert metric(llm_service.base_url, "num_requests_running") == 0
+    assert metric(api_llm_service.base_url, "num_requests_running") == 0
 
 
-def test_langchain_chat_nvidia(llm_service):
+def test_langchain_chat_nvidia(api_llm_service):
     from langchain_nvidia_ai_endpoints import ChatNVIDIA
 
-    llm = ChatNVIDIA(base_url=llm_service.base_url + "/v1", model=DEFAULT_MODEL_NAME, max_tokens=16,
+    llm = ChatNVIDIA(base_url=api_llm_service.base_url + "/v1", model=DEFAULT_MODEL_NAME, max_tokens=16,
                      temperature=0.01)
     answer = llm.invoke("What is the capital of France?")
     assert answer.content
@@ -185,9 +193,9 @@ def test_langchain_chat_nvidia(llm_service):
     assert len(pieces) > 1 and "".join(pieces)
 
 
-def test_nim_metrics(llm_service, client):
+def test_nim_metrics(api_llm_service, client):
     client.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=QUESTION, max_tokens=4)
-    url = llm_service.base_url
+    url = api_llm_service.base_url
     for name in ("prompt_tokens_total", "generation_tokens_total", "request_success_total",
                  "time_to_first_token_seconds_count", "time_per_output_token_seconds_count",
                  "e2e_request_latency_seconds_count"):
@@ -195,15 +203,19 @@ def test_nim_metrics(llm_service, client):
     assert metric(url, "num_requests_running") == 0 and metric(url, "num_requests_waiting") == 0
 
 
-def test_metadata_names_engine_and_profile(llm_service):
-    meta = httpx.get(llm_service.base_url + "/v1/metadata").json()
-    assert meta["selectedModelProfileId"] == "llamacpp-gguf-tp1-throughput"
-    assert meta["engine"] == "llamacpp" and meta["engineInfo"]["slots"] == 8
+def test_metadata_names_engine_and_profile(api_llm_service, backend):
+    meta = httpx.get(api_llm_service.base_url + "/v1/metadata").json()
+    if backend == "triton":  # slots: the Triton model's max_batch_size, nimrag triton serve's llama.cpp slots
+        assert meta["selectedModelProfileId"] == "trtllm-triton-tp1-throughput"
+        assert meta["engine"] == "trtllm" and meta["engineInfo"]["slots"] == LLM_SLOTS
+    else:
+        assert meta["selectedModelProfileId"] == "llamacpp-gguf-tp1-throughput"
+        assert meta["engine"] == "llamacpp" and meta["engineInfo"]["slots"] == 8
     assert meta["engineInfo"]["context_length"] == 4096 and meta["modelFormat"] == "gguf"
 
 
-def test_tokenize_counts_what_chat_counts(llm_service, client):
-    url = llm_service.base_url
+def test_tokenize_counts_what_chat_counts(api_llm_service, client):
+    url = api_llm_service.base_url
     counted = httpx.post(url + "/tokenize", json={"messages": QUESTION}).json()
     reply = client.chat.completions.create(model=DEFAULT_MODEL_NAME, messages=QUESTION, max_tokens=1)
     assert counted["count"] == reply.usage.prompt_tokens == len(counted["tokens"])

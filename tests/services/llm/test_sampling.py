@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from services.common.errors import InvalidRequestError
 from services.llm.engines.base import EngineInfo
-from services.llm.engines.llamacpp import choice_grammar
+from services.llm.engines.llamacpp import LlamaCppEngine, choice_grammar
+from services.llm.model import LLMModelInfo
 from services.llm.protocol import ChatCompletionRequest, CompletionRequest
 from services.llm.sampling import completion_budget, constraint_of, sampling_params
 
@@ -37,6 +40,17 @@ def test_nvext_wins_over_top_level_and_defaults_are_openai():
     assert (params.top_k, params.min_p, params.temperature, params.top_p) == (7, 0.1, 1.0, 1.0)
     assert sampling_params(chat(top_k=-1), 10, INFO).top_k == 0  # -1 means off, as in vLLM
     assert sampling_params(chat(seed=-1), 10, INFO).seed == 2**32 - 1
+
+
+def test_top_k_that_keeps_the_whole_vocabulary_goes_to_llama_cpp_as_off():
+    # top_k >= vocab keeps every token, as 0 (off) does; llama.cpp sorts the whole vocabulary for it each token
+    engine = LlamaCppEngine(LLMModelInfo(Path("unused.gguf"), "m", "gguf", 0, "q4_1"), slots=1,
+                            context_length=None, threads=1, batch_tokens=8)
+    for asked, passed in ((999, 999), (1000, 0), (1001, 0), (2**31 - 1, 0), (1, 1), (0, 0), (-1, 0)):
+        params = sampling_params(chat(nvext={"top_k": asked}), 10, INFO)
+        assert (params.top_k, engine._request([1], params)["top_k"]) == (passed, passed), asked
+    unknown_vocab = EngineInfo(context_length=100, vocab_size=0, slots=1)
+    assert sampling_params(chat(top_k=5000), 10, unknown_vocab).top_k == 5000
 
 
 def test_constraints():

@@ -1,98 +1,53 @@
 """The TensorRT-LLM engine against a real Triton Inference Server, over gRPC streaming.
 
-TensorRT-LLM itself needs an NVIDIA GPU, so Triton (started by PyTriton on the CPU) serves a stand-in instead:
-:mod:`tests.services.llm.triton_standin` has the ``tensorrt_llm`` model's tensor names, types, shapes and
-decoupled streaming, and a deterministic toy "model" that echoes its prompt. What is tested is the engine's side
-of the interface (requests, streaming, detokenizing, stops, cancellation, errors), not TensorRT-LLM.
-The tokenizer is SmolLM2's (byte-level BPE with a chat template), converted from the bundled GGUF once and kept
-in the test model cache.
+TensorRT-LLM itself needs an NVIDIA GPU, so Triton here is ``nimrag triton serve`` (tests/services/conftest.py):
+the bundled SmolLM2 GGUF on llama.cpp behind the ``tensorrt_llm`` model's tensor names, types, shapes and
+decoupled streaming. What the engine sends is checked by what comes back, against the same llama.cpp engine
+in-process: greedy answers token for token, seeded samples, ``max_tokens`` / end id, stops, logprobs. The
+tokenizer is SmolLM2's, converted from the GGUF once and kept in the test model cache. The ``ensemble`` (text)
+model is checked the same way.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
-import sysconfig
+import dataclasses
+import queue
 import threading
 import time
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+import openai
 import pytest
 
 from services.common.errors import StartupError
+from services.common.triton import infer_input
 from services.llm.engines.base import Constraint, SamplingParams, UnsupportedByEngine
+from services.llm.engines.llamacpp import LlamaCppEngine
 from services.llm.engines.text import IncrementalDetokenizer, StopMatcher
 from services.llm.engines.trtllm import TritonTrtLlmEngine
-from services.llm.model import LLMModelInfo
+from services.llm.model import DEFAULT_MODEL_NAME, LLMModelInfo, load_model_info
 from services.llm.settings import LLMSettings
-from tests.conftest import REPO, free_port
-from tests.services.llm.triton_standin import LOGPROB, MODEL_NAME, echo
+from tests.conftest import free_port
+from tests.services.conftest import LLM_SLOTS
 
-pytest.importorskip("pytriton")
-pytest.importorskip("tritonclient.grpc")
-
-TEXT = "Streams héllo wörld 🙂 𝄞 漢字, then stops."
-
-
-def start_standin(tmp: Path, attempts: int = 3) -> tuple[subprocess.Popen, str]:
-    """The stand-in in its own process group, once its model is ready. Retried: PyTriton's handshake with its
-    backend stubs can connect before the other side listens (more often on a busy machine), failing the load."""
-    import tritonclient.grpc as grpcclient
-
-    # Triton's python backend stub links against libpython; PyTriton passes our environment on to it.
-    env = {**os.environ, "LD_LIBRARY_PATH": ":".join(filter(None, [sysconfig.get_config_var("LIBDIR"),
-                                                                   os.environ.get("LD_LIBRARY_PATH")]))}
-    for attempt in range(attempts):
-        grpc_port = free_port()
-        args = ["--grpc-port", str(grpc_port), "--http-port", str(free_port()), "--metrics-port", str(free_port()),
-                "--log", str(tmp / "requests.jsonl"), "--workspace", str(tmp / f"workspace{attempt}"),
-                "--delay", "0.005"]
-        with (tmp / "server.log").open("wb") as out:
-            process = subprocess.Popen([sys.executable, "-m", "tests.services.llm.triton_standin", *args],
-                                       cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
-        deadline = time.monotonic() + 60
-        while process.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(Exception):
-                if client.is_model_ready(MODEL_NAME):
-                    client.close()
-                    return process, f"127.0.0.1:{grpc_port}"
-            time.sleep(0.2)
-        client.close()
-        stop_standin(process)
-    raise RuntimeError(f"the Triton stand-in did not start:\n{(tmp / 'server.log').read_text()[-4000:]}")
-
-
-def stop_standin(process: subprocess.Popen) -> None:
-    process.terminate()  # the stand-in stops Triton and the stubs itself
-    try:
-        process.wait(timeout=20)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # whatever is left of the group
-        process.wait()
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def triton(tmp_path_factory, tokenizer_dir):
-    tmp = tmp_path_factory.mktemp("triton")
-    process, url = start_standin(tmp)
-    try:
-        yield {"url": url, "log": tmp / "requests.jsonl"}
-    finally:
-        stop_standin(process)
+def engine(triton_host, tokenizer_dir):
+    settings = LLMSettings(triton_url=triton_host.url, triton_model="tensorrt_llm", tokenizer=str(tokenizer_dir))
+    engine = TritonTrtLlmEngine(load_model_info(settings), settings, slots=128, ready_timeout=30)
+    engine.load()
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="module")
-def engine(triton, tokenizer_dir):
-    settings = LLMSettings(triton_url=triton["url"], triton_model=MODEL_NAME, tokenizer=str(tokenizer_dir))
-    model = LLMModelInfo(path=tokenizer_dir, name="stand-in", format="hf", parameters=0, quantization="bf16")
-    engine = TritonTrtLlmEngine(model, settings, slots=128, ready_timeout=5)
+def reference():
+    """The engine Triton hosts, in-process: what every answer through Triton must equal."""
+    engine = LlamaCppEngine(load_model_info(LLMSettings()), slots=2, context_length=None, threads=2,
+                            batch_tokens=512)
     engine.load()
     yield engine
     engine.close()
@@ -108,77 +63,111 @@ def run(engine, prompt, params, stop_after: int | None = None):
     return engine.generate(prompt, params, emit), deltas
 
 
-def last_request(triton) -> dict:
-    return json.loads(triton["log"].read_text().splitlines()[-1])
+def text_of(deltas) -> str:
+    return "".join(d.text for d in deltas)
+
+
+def chat_prompt(engine, content: str = QUESTION[0]["content"]) -> list[int]:
+    return engine.tokenize(engine.apply_chat_template([{"role": "user", "content": content}]))
 
 
 def test_load_reads_the_model_config(engine):
-    assert engine.info.slots == 64  # the model's max_batch_size caps the configured 128
+    assert engine.info.slots == LLM_SLOTS  # the model's max_batch_size caps the configured 128
     assert engine.info.vocab_size == 49152 and engine.info.context_length == 4096
     assert engine.features == {"logprobs"}  # it declares return_log_probs and output_log_probs
 
 
-def test_streams_the_answer_in_pieces_and_stops_at_the_end_id(engine, triton):
-    prompt = engine.tokenize(TEXT)
-    finished, deltas = run(engine, prompt, SamplingParams(max_tokens=200, temperature=0.0, seed=7, top_p=0.9))
-    assert "".join(d.text for d in deltas) == TEXT  # the toy model's answer: its prompt, once
+def test_greedy_answer_streams_in_pieces_and_equals_llamacpp(engine, reference):
+    prompt = chat_prompt(engine)
+    assert prompt == chat_prompt(reference)  # the converted tokenizer and template are llama.cpp's own
+    params = SamplingParams(max_tokens=40, temperature=0.0)
+    finished, deltas = run(engine, prompt, params)
+    expected, want = run(reference, prompt, params)
+    assert text_of(deltas) == text_of(want) and finished == expected  # greedy is top-k 1 over the wire
     assert len(deltas) > 5 and all("\ufffd" not in d.text for d in deltas)  # no half characters go out
-    assert sum(d.tokens for d in deltas) == finished.completion_tokens == len(prompt)
-    assert finished.reason == "stop"
-    sent = last_request(triton)
-    assert sent["input_ids"] == prompt and sent["request_output_len"] == 200 and sent["streaming"] is True
-    assert sent["end_id"] == engine.tokenizer.eos_token_id and sent["random_seed"] == 7
-    assert sent["runtime_top_k"] == 1 and sent["runtime_top_p"] == pytest.approx(0.9)  # greedy: top-k 1
+    assert sum(d.tokens for d in deltas) == finished.completion_tokens
 
 
-def test_max_tokens_ends_with_length(engine, triton):
-    prompt = engine.tokenize(TEXT)
-    finished, deltas = run(engine, prompt, SamplingParams(max_tokens=40, ignore_eos=True, temperature=0.7))
-    expected = engine.tokenizer.decode(echo(prompt, 40, None))
-    assert "".join(d.text for d in deltas) == expected
-    assert finished.reason == "length" and finished.completion_tokens == 40
-    sent = last_request(triton)
-    assert sent["end_id"] == -1 and sent["temperature"] == pytest.approx(0.7)  # ignore_eos: no end id
+def test_max_tokens_ends_with_length_and_the_end_id_with_stop(engine, reference):
+    prompt = chat_prompt(engine)
+    finished, deltas = run(engine, prompt, SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True))
+    assert finished.reason == "length" and finished.completion_tokens == 20  # ignore_eos: end id -1
+    short = chat_prompt(engine, "Say hi.")
+    params = SamplingParams(max_tokens=200, temperature=0.0)
+    finished, deltas = run(engine, short, params)
+    expected, want = run(reference, short, params)
+    assert finished.reason == "stop" and finished.completion_tokens < 200 and text_of(deltas) == text_of(want)
 
 
-def test_stop_string_cuts_the_text(engine):
-    prompt = engine.tokenize(TEXT)
-    finished, deltas = run(engine, prompt, SamplingParams(max_tokens=200, stop=["wörld", "nowhere"]))
-    assert "".join(d.text for d in deltas) == "Streams héllo "
-    assert finished.reason == "stop" and finished.completion_tokens < len(prompt)
+def test_seeded_sampling_equals_llamacpp_with_the_seed(engine, reference):
+    prompt = chat_prompt(engine)
+    params = SamplingParams(max_tokens=24, temperature=0.9, top_p=0.95, seed=7, ignore_eos=True)
+    _, first = run(engine, prompt, params)
+    _, again = run(engine, prompt, params)
+    _, local = run(reference, prompt, params)
+    assert text_of(first) == text_of(again) == text_of(local)  # seed, temperature and top-p all reached it
+    _, other = run(engine, prompt, dataclasses.replace(params, seed=8))
+    assert text_of(other) != text_of(first)
 
 
-def test_logprobs_of_the_sampled_tokens(engine):
-    prompt = engine.tokenize("one two three")
-    finished, deltas = run(engine, prompt, SamplingParams(max_tokens=50, logprobs=0))
-    entries = [e for d in deltas for e in d.logprobs]
-    assert [e.logprob for e in entries] == [LOGPROB] * finished.completion_tokens
-    assert "".join(e.token for e in entries) == "one two three"
+def test_stop_string_cuts_the_text(engine, reference):
+    prompt = chat_prompt(engine)
+    _, full = run(reference, prompt, SamplingParams(max_tokens=40, temperature=0.0))
+    text = text_of(full)
+    stop = text[len(text) // 2: len(text) // 2 + 4]
+    finished, deltas = run(engine, prompt, SamplingParams(max_tokens=40, temperature=0.0, stop=[stop, "nowhere"]))
+    assert text_of(deltas) == text[: text.index(stop)] and finished.reason == "stop"
 
 
-def test_cancel_mid_stream_returns_promptly_and_closes_the_stream(engine, triton):
-    prompt = engine.tokenize(TEXT)
+def test_logprobs_of_the_sampled_tokens(engine, reference):
+    prompt = chat_prompt(engine)
+    params = SamplingParams(max_tokens=12, temperature=0.0, logprobs=0, ignore_eos=True)
+    finished, deltas = run(engine, prompt, params)
+    _, want = run(reference, prompt, params)
+    got = [e for d in deltas for e in d.logprobs]
+    expected = [e for d in want for e in d.logprobs]
+    assert len(got) == finished.completion_tokens == 12
+    assert [e.token for e in got] == [e.token for e in expected]
+    np.testing.assert_allclose([e.logprob for e in got], [e.logprob for e in expected], atol=1e-4)
+
+
+def test_cancel_mid_stream_closes_the_stream_and_the_next_request_runs(engine):
+    prompt = chat_prompt(engine)
     threads = threading.active_count()
-    started = time.monotonic()
-    # 1000 tokens at 5 ms each would take 5 s; the consumer goes away after 3 pieces.
-    finished, deltas = run(engine, prompt, SamplingParams(max_tokens=1000, ignore_eos=True), stop_after=3)
-    assert time.monotonic() - started < 1.0
+    finished, deltas = run(engine, prompt, SamplingParams(max_tokens=200, ignore_eos=True), stop_after=3)
     assert len(deltas) == 3 and finished.completion_tokens < 10
-    time.sleep(0.2)
+    deadline = time.monotonic() + 5
+    while threading.active_count() > threads and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert threading.active_count() <= threads  # the cancelled stream's gRPC threads are gone
-    # PyTriton does not tell its model about the cancel (a real TensorRT-LLM frees the sequence); the engine's
-    # client and the server still take the next request right away.
-    finished, _ = run(engine, engine.tokenize("next"), SamplingParams(max_tokens=20))
-    assert finished.reason == "stop"
+    # PyTriton does not tell the model about the cancel (a real TensorRT-LLM frees the sequence), so the hosted
+    # llama.cpp decodes on in one of its slots; the engine's client and the server take the next request anyway.
+    finished, _ = run(engine, engine.tokenize("next"), SamplingParams(max_tokens=5))
+    assert finished.completion_tokens > 0
 
 
-def test_parallel_requests(engine):
-    from concurrent.futures import ThreadPoolExecutor
+def test_a_stream_silent_past_the_timeout_is_a_503_and_is_cancelled(engine, triton_host, tokenizer_dir):
+    from services.common.errors import ServiceNotReadyError
 
-    texts = [f"request number {i}" for i in range(6)]
-    with ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(lambda t: run(engine, engine.tokenize(t), SamplingParams(max_tokens=50)), texts))
-    assert ["".join(d.text for d in deltas) for _, deltas in results] == texts
+    settings = engine.settings.model_copy(update={"triton_timeout_s": 0.001})  # no first token comes that fast
+    impatient = TritonTrtLlmEngine(engine.model, settings, slots=1, ready_timeout=30)
+    impatient.load()
+    try:
+        with pytest.raises(ServiceNotReadyError) as late:
+            run(impatient, chat_prompt(engine, "Tell me a long story. " * 20), SamplingParams(max_tokens=50))
+        assert late.value.code == "triton_timeout" and late.value.status_code == 503
+    finally:
+        impatient.close()
+    finished, _ = run(engine, engine.tokenize("still there"), SamplingParams(max_tokens=3))
+    assert finished.completion_tokens > 0
+
+
+def test_parallel_requests_each_get_their_own_answer(engine, reference):
+    prompts = [chat_prompt(engine, f"Count to {i}.") for i in range(1, LLM_SLOTS + 3)]
+    params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        results = list(pool.map(lambda p: run(engine, p, params), prompts))
+    assert [text_of(d) for _, d in results] == [text_of(run(reference, p, params)[1]) for p in prompts]
 
 
 def test_unsupported_features_are_400s(engine):
@@ -190,6 +179,20 @@ def test_unsupported_features_are_400s(engine):
         with pytest.raises(UnsupportedByEngine):
             engine.check(params)
     engine.check(SamplingParams(max_tokens=5, logprobs=0, stop=["x"]))
+
+
+@pytest.mark.parametrize("ask,param", [
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"logprobs": True, "top_logprobs": 2}, "top_logprobs"),
+    ({"logit_bias": {"42": 5}}, "logit_bias"),
+    ({"extra_body": {"nvext": {"guided_choice": ["a", "b"]}}}, "nvext.guided_choice"),
+], ids=["json_object", "top_logprobs", "logit_bias", "guided_choice"])
+def test_over_http_what_the_engine_cannot_do_is_a_400_naming_it(triton_llm_service, ask, param):
+    client = openai.OpenAI(base_url=triton_llm_service.base_url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=DEFAULT_MODEL_NAME, max_tokens=4,
+                                       messages=[{"role": "user", "content": "Hi"}], **ask)
+    assert err.value.body["code"] == "unsupported_parameter" and err.value.body["param"] == param
 
 
 def test_chat_template_and_tokenize(engine):
@@ -206,28 +209,78 @@ def test_unreachable_triton_is_a_clear_startup_error(tokenizer_dir):
         TritonTrtLlmEngine(model, settings, slots=1, ready_timeout=0).load()
 
 
-def test_unknown_model_is_a_clear_startup_error(engine, triton, tokenizer_dir):
-    settings = LLMSettings(triton_url=triton["url"], triton_model="nope", tokenizer=str(tokenizer_dir))
+def test_unknown_model_is_a_clear_startup_error(engine, triton_host, tokenizer_dir):
+    settings = LLMSettings(triton_url=triton_host.url, triton_model="nope", tokenizer=str(tokenizer_dir))
     with pytest.raises(StartupError, match="serving 'nope': model 'nope' is not ready"):
+        TritonTrtLlmEngine(engine.model, settings, slots=1, ready_timeout=0).load()
+
+
+def test_a_model_without_token_ids_is_a_clear_startup_error(engine, triton_host, tokenizer_dir):
+    # nimrag's text-level `ensemble` is a Python model, not a Triton ensemble with a token-level step to call
+    settings = LLMSettings(triton_url=triton_host.url, triton_model="ensemble", tokenizer=str(tokenizer_dir))
+    with pytest.raises(StartupError, match="lacks input_ids, input_lengths, request_output_len, output_ids"):
         TritonTrtLlmEngine(engine.model, settings, slots=1, ready_timeout=0).load()
 
 
 def test_an_ensemble_resolves_to_its_token_level_step(engine):
     configs = {  # the shape of TensorRT-LLM's standard model repository
         "ensemble": {"platform": "ensemble", "input": [{"name": "text_input"}],
-                     "ensemble_scheduling": {"step": [{"model_name": "preprocessing"}, {"model_name": MODEL_NAME},
+                     "ensemble_scheduling": {"step": [{"model_name": "preprocessing"},
+                                                      {"model_name": "tensorrt_llm"},
                                                       {"model_name": "postprocessing"}]}},
-        "preprocessing": {"input": [{"name": "QUERY"}]}, MODEL_NAME: {"input": [{"name": "input_ids"}]},
+        "preprocessing": {"input": [{"name": "QUERY"}]}, "tensorrt_llm": {"input": [{"name": "input_ids"}]},
     }
 
-    class ConfigOnlyClient:
-        def get_model_config(self, name, as_json):
-            return {"config": configs[name]}
+    class ConfigOnly:
+        def config(self, name):
+            return configs[name]
 
     settings = engine.settings.model_copy(update={"triton_model": "ensemble"})
     resolved = TritonTrtLlmEngine(engine.model, settings, slots=1)
-    assert resolved._token_model_config(ConfigOnlyClient()) is configs[MODEL_NAME]
-    assert resolved.model_name == MODEL_NAME
+    assert resolved._token_model_config(ConfigOnly()) is configs["tensorrt_llm"]
+    assert resolved.model_name == "tensorrt_llm"
+
+
+def _ensemble(url: str, text: str, stream: bool, **extra) -> tuple[list[str], str | None]:
+    """The text pieces of one ``ensemble`` request, and the error Triton answered with (if any)."""
+    import tritonclient.grpc as grpcclient
+
+    values = {"text_input": np.array([[text.encode()]], dtype=np.object_), "max_tokens": np.array([[16]], np.int32),
+              "stream": np.array([[stream]]), "top_k": np.array([[1]], np.int32), **extra}
+    answers: queue.SimpleQueue = queue.SimpleQueue()
+    client = grpcclient.InferenceServerClient(url)
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    client.async_stream_infer("ensemble", [infer_input(n, v) for n, v in values.items()],
+                              enable_empty_final_response=True)
+    pieces, problem = [], None
+    while True:
+        result, error = answers.get(timeout=60)
+        if error is not None:
+            problem = error.message()
+            break
+        if (out := result.as_numpy("text_output")) is not None:
+            pieces.append(out.reshape(-1)[0].decode())
+        final = result.get_response().parameters.get("triton_final_response")
+        if final and final.bool_param:
+            break
+    client.stop_stream()
+    client.close()
+    return pieces, problem
+
+
+def test_ensemble_speaks_text_as_tensorrt_llm_does(triton_host, reference):
+    prompt = "The capital of France is"
+    _, want = run(reference, reference.tokenize(prompt), SamplingParams(max_tokens=16, temperature=0.0))
+    pieces, problem = _ensemble(triton_host.url, prompt, stream=True)
+    assert problem is None and len(pieces) > 3 and "".join(pieces) == text_of(want)
+    whole, _ = _ensemble(triton_host.url, prompt, stream=False)  # not streamed: the prompt, then the answer
+    assert whole == [prompt + text_of(want)]
+    cut = text_of(want)[4:9]
+    stopped, _ = _ensemble(triton_host.url, prompt, stream=True, stop_words=np.array([[cut.encode()]], np.object_))
+    assert "".join(stopped) == text_of(want)[: text_of(want).index(cut)]
+    # what llama.cpp cannot do is not declared, so Triton refuses it rather than ignoring it
+    _, refused = _ensemble(triton_host.url, prompt, stream=True, beam_width=np.array([[2]], np.int32))
+    assert refused and "beam_width" in refused
 
 
 def test_detokenizer_holds_back_partial_characters(engine):
@@ -243,3 +296,15 @@ def test_stop_matcher_holds_back_a_possible_stop():
     assert stops.feed("e") == ("", False)
     assert stops.feed("x") == ("</ex", False)  # not a stop after all: released
     assert stops.feed("ab</end>cd") == ("ab", True)
+
+
+def test_the_hosted_model_declares_tensorrt_llms_tensors(triton_host):
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(triton_host.url)
+    config = client.get_model_config("tensorrt_llm", as_json=True)["config"]
+    client.close()
+    inputs = {i["name"]: i["data_type"] for i in config["input"]}
+    assert inputs["input_ids"] == "TYPE_INT32" and inputs["request_output_len"] == "TYPE_INT32"
+    assert config["model_transaction_policy"]["decoupled"] is True
+    assert {o["name"] for o in config["output"]} >= {"output_ids", "sequence_length", "output_log_probs"}

@@ -1,4 +1,5 @@
-"""The reranking service end to end, with NVIDIARerank, a Cohere-style client request and raw HTTP."""
+"""The reranking service end to end, with NVIDIARerank, a Cohere-style client request and raw HTTP; every test on
+each backend (tests/services/rerank/conftest.py): the scorer in-process, and in Triton (``nimrag triton serve``)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @pytest.fixture(scope="module")
-def http(rerank_service):
-    with httpx.Client(base_url=rerank_service.base_url, timeout=60) as c:
+def http(api_rerank_service):
+    with httpx.Client(base_url=api_rerank_service.base_url, timeout=60) as c:
         yield c
 
 
@@ -33,11 +34,11 @@ def test_ranking_is_sorted_one_entry_per_passage(http):
     assert rankings[0]["index"] in (1, 3)  # a passage that answers the question
 
 
-def test_langchain_nvidia_rerank(rerank_service):
+def test_langchain_nvidia_rerank(api_rerank_service):
     from langchain_core.documents import Document
     from langchain_nvidia_ai_endpoints import NVIDIARerank
 
-    reranker = NVIDIARerank(base_url=rerank_service.base_url + "/v1", model=MODEL, top_n=2)
+    reranker = NVIDIARerank(base_url=api_rerank_service.base_url + "/v1", model=MODEL, top_n=2)
     ranked = reranker.compress_documents([Document(page_content=p) for p in PASSAGES], QUERY)
     assert len(ranked) == 2
     assert "Paris" in ranked[0].page_content
@@ -58,8 +59,8 @@ def test_cohere_style_rerank(http):
     assert len(plain["results"]) == len(PASSAGES) and "document" not in plain["results"][0]
 
 
-def test_same_answer_alone_and_batched_with_others(rerank_service):
-    url = rerank_service.base_url + "/v1/ranking"
+def test_same_answer_alone_and_batched_with_others(api_rerank_service):
+    url = api_rerank_service.base_url + "/v1/ranking"
     body = {"query": {"text": QUERY}, "passages": [{"text": p} for p in PASSAGES]}
     alone = httpx.post(url, json=body).json()["rankings"]
     others = {"query": {"text": "bananas"}, "passages": [{"text": p} for p in reversed(PASSAGES)]}
@@ -78,6 +79,14 @@ def test_models_and_metadata_say_which_scorer_serves(http):
     meta = http.get("/v1/metadata").json()
     assert meta["model"]["scorer"] == "late-interaction" and "MaxSim" in meta["model"]["scorer_description"]
     assert meta["selectedModelProfileId"] != "onnx-cpu-int8"  # int8 is never auto-selected for ranking
+
+
+def test_the_backend_serves(http, backend):
+    engine = http.get("/v1/metadata").json()["engine"]
+    if backend == "triton":
+        assert engine["backend"] == "triton" and engine["triton_model"] in ("embed", "rerank")
+    else:
+        assert engine["backend"] in ("onnxruntime", "torch")
 
 
 BAD_INPUTS = [
@@ -122,10 +131,11 @@ def test_no_500_after_the_bad_inputs_and_still_serving(http):
     assert 'status="500"' not in http.get("/v1/metrics").text
 
 
-def test_cross_encoder_service(cross_encoder_service):
-    with httpx.Client(base_url=cross_encoder_service.base_url, timeout=60) as client:
+def test_cross_encoder_service(api_cross_encoder_service, backend):
+    with httpx.Client(base_url=api_cross_encoder_service.base_url, timeout=60) as client:
         card = client.get("/v1/models").json()["data"][0]
         assert card["id"] == "minilm-cross-encoder" and card["scorer"] == "cross-encoder"
+        assert (client.get("/v1/metadata").json()["engine"]["backend"] == "triton") == (backend == "triton")
         rankings = client.post("/v1/ranking", json={"model": card["id"], "query": {"text": QUERY},
                                                     "passages": [{"text": p} for p in PASSAGES]}).json()["rankings"]
         assert sorted(r["index"] for r in rankings) == list(range(len(PASSAGES)))
@@ -136,15 +146,16 @@ def test_cross_encoder_service(cross_encoder_service):
         assert too_long.status_code == 400 and "more than the model's limit of 512" in too_long.text
 
 
-def test_configured_scorer_and_limits(service_tmp):
+def test_configured_scorer_and_limits(service_tmp, backend_env):
     from tests.conftest import start_service
 
     svc = start_service("rerank", service_tmp, env={"NIMRAG_RERANK_SCORER": "bi-encoder",
                                                     "NIMRAG_RERANK_MAX_PASSAGES": "3",
-                                                    "NIMRAG_RERANK_MAX_CHARS": "100"})
+                                                    "NIMRAG_RERANK_MAX_CHARS": "100", **backend_env})
     try:
         with httpx.Client(base_url=svc.base_url, timeout=60) as client:
             assert client.get("/v1/models").json()["data"][0]["scorer"] == "bi-encoder"
+            assert (client.get("/v1/metadata").json()["engine"]["backend"] == "triton") == bool(backend_env)
             assert _ranking(client, passages=PASSAGES[:3]).status_code == 200
             too_many = _ranking(client, passages=PASSAGES[:4])
             assert too_many.status_code == 400 and "4 passages, more than the limit of 3" in too_many.text

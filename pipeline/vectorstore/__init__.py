@@ -1,0 +1,40 @@
+"""The pipeline's vector store: one contract (base.py), backends under it, and the factory that picks one from
+``NIMRAG_PIPELINE_VECTOR_STORE``, as the NVIDIA RAG Blueprint's ``_get_vdb_op`` does.
+
+A backend registers in ``BACKENDS``: its setting value and a function building its VectorStore from the
+pipeline settings. Each imports its engine only when chosen, so an unused backend's packages need not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from pipeline.vectorstore.base import VectorCollection, VectorStore
+
+if TYPE_CHECKING:
+    from pipeline.settings import PipelineSettings
+
+
+def _faiss(settings: PipelineSettings) -> VectorStore:
+    from pipeline.vectorstore.faiss import FaissVectorStore
+
+    return FaissVectorStore(settings.data_path / "collections")
+
+
+# The registration point: one line per backend (the Milvus backend adds "milvus" here).
+BACKENDS: dict[str, Callable[[PipelineSettings], VectorStore]] = {
+    "faiss": _faiss,
+}
+
+
+def open_vector_store(settings: PipelineSettings) -> VectorStore:
+    """The store ``settings.vector_store`` names."""
+    try:
+        build = BACKENDS[settings.vector_store]
+    except KeyError:
+        raise ValueError(f"unknown vector store {settings.vector_store!r}: one of {', '.join(BACKENDS)}") from None
+    return build(settings)
+
+
+__all__ = ["BACKENDS", "VectorCollection", "VectorStore", "open_vector_store"]
