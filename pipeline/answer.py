@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 
 from guardrails.runtime import PolicyRuntime, Verdict
 from pipeline.clients import ServiceClients
-from pipeline.vectorstore.base import ChunkId, VectorCollection
 from pipeline.retrieval import (
     Hit,
     Retriever,
@@ -23,6 +22,7 @@ from pipeline.retrieval import (
     hit_vectors,
     retrieval_query,
 )
+from pipeline.vectorstore.base import ChunkId, VectorCollection
 from services.common.errors import InvalidRequestError
 
 SYSTEM_PROMPT = ("You answer questions using only the numbered sources below. Cite the sources you use like [1]. "

@@ -27,7 +27,7 @@ from pipeline.router import router
 from pipeline.service import PipelineService
 from pipeline.settings import PipelineSettings
 from pipeline.tasks import TaskStore
-from pipeline.vectorstore import open_vector_store
+from pipeline.vectorstore import VectorStore, open_vector_store
 from services.common.app import package_version, probe_router
 from services.common.errors import install_error_handlers
 from services.common.metrics import ServiceMetrics
@@ -78,16 +78,18 @@ async def guardrails_endpoints(settings: PipelineSettings, clients: ServiceClien
                      embed_model=await clients.model("embed"), api_key=settings.service_api_key)
 
 
-def build_service(settings: PipelineSettings, metrics: ServiceMetrics | None = None) -> PipelineService:
-    """The pipeline's world, from its settings (the CLI builds one too, without the HTTP app)."""
-    clients = ServiceClients(settings)
+def build_service(settings: PipelineSettings, metrics: ServiceMetrics | None = None, *,
+                  store: VectorStore | None = None, clients: ServiceClients | None = None) -> PipelineService:
+    """The pipeline's world, from its settings (the CLI builds one too, without the HTTP app). ``store`` and
+    ``clients``, the two collaborators that reach outside the process, may be given instead (tests)."""
+    clients = clients or ServiceClients(settings)
     retriever = Retriever(clients)
     policy_store = PolicyStore(settings.data_path / "guardrails")
     endpoints = partial(guardrails_endpoints, settings, clients)
     guardrails = Guardrails(policy_store, endpoints, lambda texts: clients.embed(texts, "query"),
                             protected_texts=[SYSTEM_PROMPT], allow_python=settings.guardrails_allow_python)
     return PipelineService(
-        settings, store=open_vector_store(settings), clients=clients, retriever=retriever,
+        settings, store=store or open_vector_store(settings), clients=clients, retriever=retriever,
         answerer=Answerer(clients, retriever), ingestor=Ingestor(clients, settings), guardrails=guardrails,
         policy_store=policy_store, guardrails_endpoints=endpoints,
         tasks=TaskStore(settings.data_path / "tasks.sqlite"),

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from pipeline.clients import ServiceClients

@@ -9,7 +9,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from guardrails.runtime import Endpoints, Guardrails, PolicyError, PolicyRuntime, Verdict
+from guardrails.runtime import (
+    Endpoints,
+    Guardrails,
+    PolicyError,
+    PolicyRuntime,
+    Verdict,
+)
 from guardrails.service import api_errors
 from guardrails.store import PolicyStore
 from pipeline.answer import Answerer, AnswerEvent, generate
@@ -17,7 +23,12 @@ from pipeline.chunking import Chunker
 from pipeline.clients import DependencyError, ServiceClients
 from pipeline.ingest import FileReport, IngestItem, Ingestor
 from pipeline.metrics import PipelineMetrics
-from pipeline.protocol import PIPELINE_MODEL, GenerateRequest, RetrievalKnobs, SearchRequest
+from pipeline.protocol import (
+    PIPELINE_MODEL,
+    GenerateRequest,
+    RetrievalKnobs,
+    SearchRequest,
+)
 from pipeline.retrieval import Retriever, SearchOptions, retrieval_query
 from pipeline.settings import PipelineSettings
 from pipeline.tasks import INTERRUPTED, TaskStore

@@ -166,6 +166,42 @@ def validate_options(options: object) -> CollectionOptions:
     return options
 
 
+def checked_vectors(vectors: np.ndarray, rows: int, dimension: int, collection: str) -> np.ndarray:
+    """A document's vectors as a contiguous float32 (rows, dimension) matrix, or the error saying what is wrong."""
+    matrix = np.asarray(vectors, dtype=np.float32)
+    if rows == 0 and matrix.size == 0:
+        return np.empty((0, dimension), dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[1] != dimension:
+        raise DimensionMismatch(f"vectors of shape {matrix.shape}; collection {collection!r} has dimension "
+                                f"{dimension}")
+    if matrix.shape[0] != rows:
+        raise InvalidDocument(f"{rows} chunks but {matrix.shape[0]} vectors")
+    if not np.isfinite(matrix).all():
+        raise InvalidDocument("vectors must be finite")
+    return np.ascontiguousarray(matrix)
+
+
+def check_chunks(document: ParsedDocument, chunks: Sequence[Chunk]) -> None:
+    """Every chunk is the document's, each index once."""
+    for chunk in chunks:
+        if chunk.source != document.source:
+            raise InvalidDocument(f"chunk of {chunk.source!r} given with document {document.source!r}")
+    if len({chunk.index for chunk in chunks}) != len(chunks):
+        raise InvalidDocument(f"{document.source!r}: chunk indexes repeat")
+
+
+def checked_query(vector: np.ndarray, dimension: int, collection: str) -> np.ndarray:
+    """A query vector as a contiguous float32 (1, dimension) matrix, or the error saying what is wrong."""
+    query = np.asarray(vector, dtype=np.float32)
+    query = query.reshape(1, -1) if query.ndim == 1 else query
+    if query.shape != (1, dimension):
+        raise DimensionMismatch(f"query of shape {np.shape(vector)}; collection {collection!r} has dimension "
+                                f"{dimension}")
+    if not np.isfinite(query).all():
+        raise InvalidArgument("query vector must be finite")
+    return np.ascontiguousarray(query)
+
+
 # --- the contract -------------------------------------------------------------------------------------------
 
 class VectorCollection(ABC):

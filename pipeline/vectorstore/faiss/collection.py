@@ -29,21 +29,32 @@ from pipeline.vectorstore.base import (
     CollectionInfo,
     CollectionNotFound,
     CollectionOptions,
-    DimensionMismatch,
     DocumentInfo,
     IncompatibleCollection,
-    InvalidArgument,
-    InvalidDocument,
     SearchHit,
     StoreBusy,
     StoredChunk,
     StoreError,
     UpsertResult,
+    check_chunks,
+    checked_query,
+    checked_vectors,
     validate_name,
 )
-from pipeline.vectorstore.faiss.index import GpuMirror, VectorIndex, exact_search, gpu_available, vector_problems
+from pipeline.vectorstore.faiss.index import (
+    GpuMirror,
+    VectorIndex,
+    exact_search,
+    gpu_available,
+    vector_problems,
+)
 from pipeline.vectorstore.faiss.locking import ReadWriteLock
-from pipeline.vectorstore.faiss.persistence import file_identity, read_index, remove_stale_temporaries, write_index
+from pipeline.vectorstore.faiss.persistence import (
+    file_identity,
+    read_index,
+    remove_stale_temporaries,
+    write_index,
+)
 from pipeline.vectorstore.faiss.schema import (
     CHUNK_COLUMNS,
     DB_FILE,
@@ -384,29 +395,10 @@ class Collection:
         return True
 
     def _chunk_rows(self, document: ParsedDocument, chunks: Sequence[Chunk], vectors: np.ndarray) -> list[tuple]:
-        matrix = self._vector_matrix(vectors, len(chunks))
-        rows = []
-        for chunk, vector in zip(chunks, matrix):
-            if chunk.source != document.source:
-                raise InvalidDocument(f"chunk of {chunk.source!r} given with document {document.source!r}")
-            rows.append((chunk.source, chunk.index, chunk.text, chunk.page, chunk.start, chunk.end, chunk.title,
-                         chunk.content_hash, dumps(chunk.metadata), vector.tobytes()))
-        if len({row[1] for row in rows}) != len(rows):
-            raise InvalidDocument(f"{document.source!r}: chunk indexes repeat")
-        return rows
-
-    def _vector_matrix(self, vectors: np.ndarray, rows: int) -> np.ndarray:
-        matrix = np.asarray(vectors, dtype=np.float32)
-        if rows == 0 and matrix.size == 0:
-            return np.empty((0, self.dimension), dtype=np.float32)
-        if matrix.ndim != 2 or matrix.shape[1] != self.dimension:
-            raise DimensionMismatch(f"vectors of shape {matrix.shape}; collection {self.name!r} has dimension "
-                                    f"{self.dimension}")
-        if matrix.shape[0] != rows:
-            raise InvalidDocument(f"{rows} chunks but {matrix.shape[0]} vectors")
-        if not np.isfinite(matrix).all():
-            raise InvalidDocument("vectors must be finite")
-        return np.ascontiguousarray(matrix)
+        matrix = checked_vectors(vectors, len(chunks), self.dimension, self.name)
+        check_chunks(document, chunks)
+        return [(chunk.source, chunk.index, chunk.text, chunk.page, chunk.start, chunk.end, chunk.title,
+                 chunk.content_hash, dumps(chunk.metadata), vector.tobytes()) for chunk, vector in zip(chunks, matrix)]
 
     # -- reading ----------------------------------------------------------------------------------------------
 
@@ -423,7 +415,7 @@ class Collection:
         """The k chunks nearest ``vector`` by inner product (cosine for normalized vectors), best first.
         ``sources`` restricts the search to those documents through an IDSelector inside FAISS, so a filter
         never starves the top k (no search-wider-then-filter)."""
-        query = self._query_matrix(vector)
+        query = checked_query(vector, self.dimension, self.name)
         sources = [sources] if isinstance(sources, str) else sources
         if k <= 0 or (sources is not None and not sources):
             return []
@@ -450,16 +442,6 @@ class Collection:
         if self._vectors.structure == "flat" or len(allowed) > EXACT_FILTER_MAX:
             return self._vectors.search(query, k, allowed) if len(allowed) else (np.empty(0), np.empty(0))
         return exact_search(query, *ids_and_vectors(vector_rows(connection, allowed), self.dimension), k)
-
-    def _query_matrix(self, vector: np.ndarray) -> np.ndarray:
-        query = np.asarray(vector, dtype=np.float32)
-        query = query.reshape(1, -1) if query.ndim == 1 else query
-        if query.shape != (1, self.dimension):
-            raise DimensionMismatch(f"query of shape {np.shape(vector)}; collection {self.name!r} has dimension "
-                                    f"{self.dimension}")
-        if not np.isfinite(query).all():
-            raise InvalidArgument("query vector must be finite")
-        return np.ascontiguousarray(query)
 
     def lexical_search(self, query: str, k: int, sources: Sequence[str] | str | None = None) -> list[SearchHit]:
         """BM25 over chunk text (FTS5), best first; scores are -bm25(), so higher is better. Words of the query
