@@ -2,12 +2,16 @@
 
     python -m bench.retrieval_quality                            # scifact, cranfield, squad (1,000 sampled queries)
     python -m bench.retrieval_quality --sets scifact --max-queries 50
+    python -m bench.retrieval_quality --sets scifact --stores faiss,milvus --no-rerank   # store parity
 
-Each set's corpus goes into a fresh collection of the pipeline's store (its FAISS backend, flat index, in a temporary
-folder): one chunk per BEIR document, its text title + " " + text (as ``bench.rerank_quality``), embedded by the
+Each set's corpus goes into a fresh collection (flat index, in a temporary folder) of each store ``--stores`` names
+(default: faiss), each opened through the pipeline's own factory (``open_vector_store``: FAISS + SQLite, or Milvus
+Lite at ``milvus.db``): one chunk per BEIR document, its text title + " " + text (as ``bench.rerank_quality``), embedded by the
 real embedding service over HTTP (``input_type: passage``, ``truncate: END``, through ``ServiceClients`` in the
-pipeline's batches: ``Ingestor.embed_passages``). No file is parsed: each document is a ``ParsedDocument`` with one
-``Chunk``, its ``source`` the BEIR document id. The queries then go through the pipeline's own ``Retriever``:
+pipeline's batches: ``Ingestor.embed_passages``), once per set: every store gets the same vectors. No file is parsed: each document is a ``ParsedDocument`` with one
+``Chunk``, its ``source`` the BEIR document id. Each query is embedded once, alone (``FixedQueryVectors``: the
+int8 engine's vectors shift with what it batches them with), and that vector serves every method and store. The
+queries then go through the pipeline's own ``Retriever``:
 
 - ``lexical``: ``mode="lexical"``, the FTS5 BM25 top 100 alone (SQLite's bm25(), k1=1.2, b=0.75, Porter stemming,
   every query word OR-ed): no target, it shows what hybrid fuses with dense;
@@ -26,7 +30,13 @@ The embedding and rerank services run as subprocesses (``nimrag serve``) on free
 for BEIR): nDCG@10 with graded gains, recall@k counting relevance >= 1. Paired nDCG@10 differences (hybrid -
 dense, hybrid+rerank - hybrid) get a bootstrap 95% interval and a sign-flip p-value over queries. Targets: dense
 within 0.01 of the model's published figure where there is one (SciFact), hybrid >= dense. Results go to
-``bench/results/retrieval-quality-<timestamp>.json``.
+``bench/results/retrieval-quality-<timestamp>.json``: ``sets`` holds the first store's results (the shape it had
+with one store), ``stores`` every store's.
+
+With several stores the same run prints each method's metrics per store and the difference of each from the first
+store's; dense and hybrid nDCG@10 must agree within ``PARITY_TOLERANCE`` (0.01), else a FAIL line and exit status 1.
+``--no-rerank`` leaves out the rerank pass and the off-topic calibration (most of the run's time on a CPU, and the
+same for every store whose fused candidates agree).
 """
 
 from __future__ import annotations
@@ -70,7 +80,7 @@ from pipeline.documents import Chunk, Page, ParsedDocument
 from pipeline.ingest import Ingestor
 from pipeline.retrieval import Retriever, SearchOptions
 from pipeline.settings import PipelineSettings
-from pipeline.vectorstore.faiss import FaissVectorStore
+from pipeline.vectorstore import BACKENDS, open_vector_store
 from services.common.hardware import probe
 from services.common.settings import default_cache_path
 
@@ -83,6 +93,8 @@ METRICS = ("ndcg@10", "recall@10", "recall@100")
 PUBLISHED = {"scifact": (0.645, "MTEB, SciFact test")}
 PUBLISHED_TOLERANCE = 0.01
 INDEX_PROGRESS = 1024  # passages embedded between progress lines
+PARITY_TOLERANCE = 0.01  # largest nDCG@10 difference between two stores for the same vectors and texts
+PARITY_METHODS = ("dense", "hybrid")
 
 
 class ServicesMeter:
@@ -120,8 +132,8 @@ def document_of(doc_id: str, text: str) -> tuple[ParsedDocument, Chunk]:
     return doc, Chunk(source=doc_id, index=0, text=text, page=None, start=0, end=len(text), content_hash=digest)
 
 
-async def index_set(data: EvalSet, collection, ingestor: Ingestor, pids: list[int]) -> dict:
-    """Embed every passage over HTTP (the pipeline's batches and concurrency), then write one document each."""
+async def embed_set(data: EvalSet, ingestor: Ingestor, pids: list[int]) -> tuple[np.ndarray, dict]:
+    """Every passage's vector, embedded over HTTP (the pipeline's batches and concurrency), and what it cost."""
     started, meter = time.perf_counter(), ServicesMeter(pids)
     # The service takes no empty input: an empty passage (two Cranfield documents) gets a zero vector, which no
     # query is similar to, and no words for FTS5 to match.
@@ -137,18 +149,45 @@ async def index_set(data: EvalSet, collection, ingestor: Ingestor, pids: list[in
     vectors = np.zeros((len(data.doc_texts), embedded.shape[1]), dtype=np.float32)
     vectors[present] = embedded
     embed_s = time.perf_counter() - started
-    others = meter.read()["others"]
-    started = time.perf_counter()
+    return vectors, {"passages": len(data.doc_ids), "empty_passages": len(data.doc_ids) - len(present),
+                     "embed_s": embed_s, "passages_per_s": len(present) / embed_s,
+                     "embed_other_cpu_pct": meter.read()["others"]}
 
+
+async def write_set(data: EvalSet, collection, vectors: np.ndarray) -> float:
+    """One document per passage, through the store's contract; the seconds it took."""
+    started = time.perf_counter()
     for doc_id, text, vector in zip(data.doc_ids, data.doc_texts, vectors):
         doc, chunk = document_of(doc_id, text)
         await collection.upsert_document(doc, [chunk], vector[None, :])
-    return {"passages": len(data.doc_ids), "empty_passages": len(data.doc_ids) - len(present), "embed_s": embed_s,
-            "passages_per_s": len(present) / embed_s,
-            "embed_other_cpu_pct": others, "write_s": time.perf_counter() - started}
+    return time.perf_counter() - started
 
 
 # --- searching ----------------------------------------------------------------------------------------------
+
+class FixedQueryVectors:
+    """The service clients with each query's embedding fixed: the embedding service's int8 engine gives a text a
+    slightly different vector (cosine ~0.995) depending on which requests it batches it with, so a query embedded
+    anew per store could rank differently for that reason alone. Each query is embedded once, alone (as one user's
+    search is), and every store and method gets that vector; reranking goes to the service as before."""
+
+    def __init__(self, clients: ServiceClients):
+        self.clients = clients
+        self.vectors: dict[str, np.ndarray] = {}
+
+    async def fix(self, texts: list[str]) -> None:
+        for text in texts:
+            if text not in self.vectors:
+                self.vectors[text] = (await self.clients.embed([text], "query"))[0]
+
+    async def embed(self, texts: list[str], input_type: str) -> np.ndarray:
+        if input_type == "query" and all(text in self.vectors for text in texts):
+            return np.stack([self.vectors[text] for text in texts])
+        return await self.clients.embed(texts, input_type)
+
+    async def rerank(self, query: str, passages: list[str]) -> list[float]:
+        return await self.clients.rerank(query, passages)
+
 
 @dataclass(frozen=True)
 class Methods:
@@ -190,7 +229,7 @@ async def run_queries(data: EvalSet, concurrency: int, label: str, one) -> tuple
 
 
 async def evaluate_set(data: EvalSet, collection, retriever: Retriever, options: Methods, concurrency: int,
-                       pids: list[int], threshold: float) -> dict:
+                       pids: list[int], threshold: float, rerank: bool = True) -> dict:
     async def first_stage(text: str) -> tuple[list[str], list[str], list[str]]:
         dense = await retriever.search([collection], text, options.dense)
         lexical = await retriever.search([collection], text, options.lexical)
@@ -204,15 +243,44 @@ async def evaluate_set(data: EvalSet, collection, retriever: Retriever, options:
     meter = ServicesMeter(pids)
     first, first_s = await run_queries(data, concurrency, "dense, lexical, hybrid", first_stage)
     first_others = meter.read()["others"]
-    meter = ServicesMeter(pids)
-    second, rerank_s = await run_queries(data, concurrency, "hybrid + rerank", reranked)
-    rerank_others = meter.read()["others"]
-
-    rows = (LEXICAL, *METHODS, THRESHOLDED)
+    rows = (LEXICAL, "dense", "hybrid")
     per_query: dict[str, dict[str, list[float]]] = {m: {k: [] for k in METRICS} for m in rows}
+    for qid, (dense, lexical, hybrid) in zip(data.query_ids, first):
+        for method, ranked in zip(rows, (lexical, dense, hybrid)):
+            add_metrics(per_query[method], ranked, data.qrels[qid])
+    rng = np.random.default_rng(SEED)
+    result = {"queries": len(data.query_ids), "queries_available": data.queries_available, "docs": len(data.doc_ids),
+              "paired_ndcg@10": {"hybrid - dense": paired_difference(np.array(per_query["hybrid"]["ndcg@10"]),
+                                                                     np.array(per_query["dense"]["ndcg@10"]), rng)},
+              "timing": {"first_stage_s": first_s, "first_stage_other_cpu_pct": first_others},
+              "per_query": {"query_ids": data.query_ids, **per_query}}
+    if rerank:
+        meter = ServicesMeter(pids)
+        second, rerank_s = await run_queries(data, concurrency, "hybrid + rerank", reranked)
+        add_reranked(result, data, [hybrid for _, _, hybrid in first], second, threshold, rng)
+        rerank_ms = [ms for _, _, ms in second]
+        result["timing"].update({"rerank_pass_s": rerank_s, "rerank_other_cpu_pct": meter.read()["others"],
+                                 "rerank_ms_p50": float(np.percentile(rerank_ms, 50)),
+                                 "rerank_pairs_per_s": len(rerank_ms) * options.rerank.rerank_candidates / rerank_s})
+    result["mean"] = {m: {k: float(np.mean(v)) for k, v in ms.items()}
+                      for m, ms in result["per_query"].items() if isinstance(ms, dict)}
+    return result
+
+
+def add_metrics(into: dict[str, list[float]], ranked: list[str], qrel: dict[str, int]) -> None:
+    into["ndcg@10"].append(ndcg_at(ranked, qrel))
+    into["recall@10"].append(recall_at(ranked, qrel, 10))
+    into["recall@100"].append(recall_at(ranked, qrel, DEPTH))
+
+
+def add_reranked(result: dict, data: EvalSet, hybrids: list[list[str]], second: list, threshold: float,
+                 rng: np.random.Generator) -> None:
+    """The hybrid+rerank and rerank>=threshold rows, their paired difference and the threshold's counts."""
+    per_query = result["per_query"]
+    per_query.update({m: {k: [] for k in METRICS} for m in ("hybrid+rerank", THRESHOLDED)})
     nothing_relevant = missed = 0  # queries with no candidate at or above the threshold; of those, with a
     best_scores = []  # relevant passage among the reranked candidates all the same
-    for qid, (dense, lexical, hybrid), (top, scores, _) in zip(data.query_ids, first, second):
+    for qid, hybrid, (top, scores, _) in zip(data.query_ids, hybrids, second):
         qrel = data.qrels[qid]
         scored = set(top)
         reranked_ids = top + [d for d in hybrid if d not in scored]  # below the reranked: hybrid's order
@@ -221,26 +289,13 @@ async def evaluate_set(data: EvalSet, collection, retriever: Retriever, options:
         if not kept:
             nothing_relevant += 1
             missed += any(qrel.get(d, 0) >= 1 for d in top)
-        for method, ranked in zip(rows, (lexical, dense, hybrid, reranked_ids, kept)):
-            per_query[method]["ndcg@10"].append(ndcg_at(ranked, qrel))
-            per_query[method]["recall@10"].append(recall_at(ranked, qrel, 10))
-            per_query[method]["recall@100"].append(recall_at(ranked, qrel, DEPTH))
-    rng = np.random.default_rng(SEED)
-    ndcg = {m: np.array(per_query[m]["ndcg@10"]) for m in METHODS}
-    rerank_ms = [ms for _, _, ms in second]
-    return {
-        "queries": len(data.query_ids), "queries_available": data.queries_available, "docs": len(data.doc_ids),
-        "mean": {m: {k: float(np.mean(v)) for k, v in ms.items()} for m, ms in per_query.items()},
-        "paired_ndcg@10": {"hybrid - dense": paired_difference(ndcg["hybrid"], ndcg["dense"], rng),
-                           "hybrid+rerank - hybrid": paired_difference(ndcg["hybrid+rerank"], ndcg["hybrid"], rng)},
-        "timing": {"first_stage_s": first_s, "first_stage_other_cpu_pct": first_others,
-                   "rerank_pass_s": rerank_s, "rerank_other_cpu_pct": rerank_others,
-                   "rerank_ms_p50": float(np.percentile(rerank_ms, 50)),
-                   "rerank_pairs_per_s": len(rerank_ms) * options.rerank.rerank_candidates / rerank_s},
-        "threshold": {"value": threshold, "queries_with_nothing_at_or_above": nothing_relevant,
-                      "of_those_with_a_relevant_candidate": missed},
-        "per_query": {"query_ids": data.query_ids, "best_rerank_score": best_scores, **per_query},
-    }
+        add_metrics(per_query["hybrid+rerank"], reranked_ids, qrel)
+        add_metrics(per_query[THRESHOLDED], kept, qrel)
+    per_query["best_rerank_score"] = best_scores
+    result["paired_ndcg@10"]["hybrid+rerank - hybrid"] = paired_difference(
+        np.array(per_query["hybrid+rerank"]["ndcg@10"]), np.array(per_query["hybrid"]["ndcg@10"]), rng)
+    result["threshold"] = {"value": threshold, "queries_with_nothing_at_or_above": nothing_relevant,
+                           "of_those_with_a_relevant_candidate": missed}
 
 
 async def off_topic_scores(name: str, args, collection, retriever: Retriever, options: Methods) -> dict:
@@ -288,17 +343,19 @@ def verdicts(name: str, result: dict) -> list[dict]:
     return out
 
 
-def print_table(results: dict[str, dict]) -> None:
+def print_table(results: dict[str, dict], store: str = "") -> None:
     header = f"{'set':<10} {'queries':>9}  {'method':<18}" + "".join(f"{m:>11}" for m in METRICS)
-    print(header + "\n" + "-" * len(header))
+    print((f"store: {store}\n" if store else "") + header + "\n" + "-" * len(header))
     for name, r in results.items():
-        for i, method in enumerate((LEXICAL, *METHODS, THRESHOLDED)):
+        for i, method in enumerate(r["mean"]):
             label = f"{name:<10} {r['queries']:>4}/{r['queries_available']:<4}" if i == 0 else " " * 20
             print(f"{label}  {method:<18}" + "".join(f"{r['mean'][method][m]:>11.3f}" for m in METRICS))
     print("(hybrid+rerank reorders the fused top rerank_candidates; below them it is hybrid's order, so its "
           "recall@100 is hybrid's. rerank>=threshold keeps only the reranked candidates scoring at least the "
           "pipeline's relevance_threshold, as the pipeline does before answering)")
     for name, r in results.items():
+        if "threshold" not in r:
+            continue
         t = r["threshold"]
         print(f"  {name}: {t['queries_with_nothing_at_or_above']} of {r['queries']} queries have no candidate "
               f"scoring >= {t['value']:g} (the pipeline answers 'nothing relevant'); "
@@ -334,16 +391,56 @@ def print_calibration(results: dict[str, dict]) -> None:
                                          for c in r["calibration"]))
 
 
-def print_costs(results: dict[str, dict], concurrency: int) -> None:
+def print_costs(results: list[tuple[str, dict]], concurrency: int) -> None:
+    """``results``: (set name, its results) per set and store; a set appears once per store."""
     print("\ncosts (this machine):")
-    for name, r in results.items():
+    for name, r in results:
         i, t = r["index"], r["timing"]
-        print(f"  {name:<10} indexing: {i['passages_per_s']:.1f} passages/s embedded over HTTP "
+        rerank = ("" if "rerank_pass_s" not in t else
+                  f"; rerank pass {t['rerank_pass_s']:.0f} s ({t['rerank_pairs_per_s']:.1f} pairs/s, p50 "
+                  f"{t['rerank_ms_p50']:.0f} ms per query at {concurrency} in flight, others "
+                  f"{fmt(t['rerank_other_cpu_pct'], '.0f')}% CPU)")
+        print(f"  {name:<10} {r['store']}: indexing: {i['passages_per_s']:.1f} passages/s embedded over HTTP "
               f"(other processes took {fmt(i['embed_other_cpu_pct'], '.0f')}% CPU), written in {i['write_s']:.1f} s; "
-              f"dense, lexical and hybrid for all queries {t['first_stage_s']:.1f} s; "
-              f"rerank pass {t['rerank_pass_s']:.0f} s "
-              f"({t['rerank_pairs_per_s']:.1f} pairs/s, p50 {t['rerank_ms_p50']:.0f} ms per query at "
-              f"{concurrency} in flight, others {fmt(t['rerank_other_cpu_pct'], '.0f')}% CPU)")
+              f"dense, lexical and hybrid for all queries {t['first_stage_s']:.1f} s" + rerank)
+
+
+def store_parity(by_store: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """Per set and method: each later store's mean metrics minus the first store's, the queries whose nDCG@10
+    differs, and whether dense and hybrid nDCG@10 agree within PARITY_TOLERANCE."""
+    (base_name, base), *others = by_store.items()
+    parity: dict[str, dict] = {}
+    for store, results in others:
+        for name, r in results.items():
+            b = base[name]
+            methods_ = [m for m in b["mean"] if m in r["mean"]]
+            differences = {m: {k: r["mean"][m][k] - b["mean"][m][k] for k in METRICS} for m in methods_}
+            differing = {m: int(np.sum(~np.isclose(r["per_query"][m]["ndcg@10"], b["per_query"][m]["ndcg@10"],
+                                                   atol=1e-9))) for m in methods_}
+            worst = max(abs(differences[m]["ndcg@10"]) for m in PARITY_METHODS)
+            parity.setdefault(name, {})[f"{store} - {base_name}"] = {
+                "difference": differences, "queries_whose_ndcg@10_differs": differing, "tolerance": PARITY_TOLERANCE,
+                "verdict": "PASS" if worst <= PARITY_TOLERANCE else "FAIL"}
+    return parity
+
+
+def print_parity(by_store: dict[str, dict[str, dict]], parity: dict[str, dict]) -> None:
+    if not parity:
+        return
+    stores = list(by_store)
+    print(f"\nstores, nDCG@10 / recall@100 per method ({' | '.join(stores)} | difference from {stores[0]}):")
+    for name, pairs in parity.items():
+        for i, method in enumerate(by_store[stores[0]][name]["mean"]):
+            figures = " | ".join(f"{by_store[s][name]['mean'][method]['ndcg@10']:.4f} / "
+                                 f"{by_store[s][name]['mean'][method]['recall@100']:.4f}"
+                                 for s in stores if method in by_store[s][name]["mean"])
+            deltas = "  ".join(f"{pair}: {p['difference'][method]['ndcg@10']:+.4f} / "
+                               f"{p['difference'][method]['recall@100']:+.4f} "
+                               f"({p['queries_whose_ndcg@10_differs'][method]} queries differ)"
+                               for pair, p in pairs.items() if method in p["difference"])
+            print(f"  {name if i == 0 else '':<10} {method:<18} {figures}   {deltas}")
+        for pair, p in pairs.items():
+            print(f"  {name:<10} {pair}: dense and hybrid nDCG@10 within {p['tolerance']:g}: {p['verdict']}")
 
 
 # --- main -----------------------------------------------------------------------------------------------------
@@ -361,37 +458,68 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rerank-profile", help="the rerank service's profile (default: the one it selects)")
     p.add_argument("--cache", type=Path, default=default_cache_path(), help="exported-model cache of the services")
     p.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for each service")
+    p.add_argument("--stores", default="faiss",
+                   help=f"comma-separated, of {', '.join(BACKENDS)}: each set is evaluated on each, with the same "
+                        "vectors; the first is the one differences are taken from")
+    p.add_argument("--no-rerank", dest="rerank", action="store_false",
+                   help="leave out the rerank pass and the off-topic calibration")
     args = p.parse_args(argv)
     args.sets = parse_sets(p, args.sets)
+    args.stores = list(dict.fromkeys(s.strip() for s in args.stores.split(",") if s.strip()))
+    unknown = [s for s in args.stores if s not in BACKENDS]
+    if unknown or not args.stores:
+        p.error(f"unknown stores: {', '.join(unknown) or '(none given)'}; of {', '.join(BACKENDS)}")
     return args
 
 
-async def evaluate_all(args, settings: PipelineSettings, root: Path, pids: list[int]) -> dict[str, dict]:
+def store_settings(settings: PipelineSettings, backend: str) -> PipelineSettings:
+    """The pipeline's settings with ``backend`` as its store, in the same data folder (Milvus Lite: milvus.db)."""
+    return settings.model_copy(update={"vector_store": backend,
+                                       "milvus_uri": str(settings.data_path / "milvus.db")})
+
+
+async def evaluate_store(args, data: EvalSet, store, vectors: np.ndarray, index: dict, retriever: Retriever,
+                         options: Methods, pids: list[int], threshold: float) -> dict:
+    """One set on one store: a fresh collection with the set's vectors, every method, then the collection gone."""
+    print(f"  store {store.backend}:", flush=True)
+    collection = await store.create(data.name, int(vectors.shape[1]))
+    write_s = await write_set(data, collection, vectors)
+    print(f"    wrote {len(data.doc_ids)} documents in {write_s:.1f} s", flush=True)
+    result = await evaluate_set(data, collection, retriever, options, args.concurrency, pids, threshold,
+                                rerank=args.rerank)
+    result["store"] = store.backend
+    result["index"] = {**index, "write_s": write_s}
+    result["verdicts"] = verdicts(data.name, result)
+    if args.rerank and args.off_topic:
+        result["off_topic"] = await off_topic_scores(data.name, args, collection, retriever, options)
+    await store.delete(data.name)
+    return result
+
+
+async def evaluate_all(args, settings: PipelineSettings, pids: list[int]) -> dict[str, dict[str, dict]]:
+    """Per store, per set: its results. Each set is embedded once, and every store gets those vectors."""
     clients = ServiceClients(settings)
-    retriever, ingestor = Retriever(clients), Ingestor(clients, settings)
+    queries = FixedQueryVectors(clients)
+    retriever, ingestor = Retriever(queries), Ingestor(clients, settings)  # type: ignore[arg-type]
     options = methods(settings, args.rerank_candidates or settings.rerank_candidates)
-    results = {}
+    by_store: dict[str, dict[str, dict]] = {backend: {} for backend in args.stores}
     try:
-        async with FaissVectorStore(root, use_gpu=False) as store:
+        async with contextlib.AsyncExitStack() as stack:
+            stores = [await stack.enter_async_context(open_vector_store(store_settings(settings, backend)))
+                      for backend in args.stores]
             for name in args.sets:
                 data = load_set(name, args.max_queries)
                 print(f"{name}: {len(data.doc_ids)} passages, {len(data.query_ids)} of {data.queries_available} "
                       "queries" + (f" (sampled, seed {SEED})" if len(data.query_ids) < data.queries_available
                                    else ""), flush=True)
-                dimension = (await clients.embed(["dimension probe"], "passage")).shape[1]
-                collection = await store.create(name, int(dimension))
-                index = await index_set(data, collection, ingestor, pids)
-                result = await evaluate_set(data, collection, retriever, options, args.concurrency, pids,
-                                            settings.relevance_threshold)
-                result["index"] = index
-                result["verdicts"] = verdicts(name, result)
-                if args.off_topic:
-                    result["off_topic"] = await off_topic_scores(name, args, collection, retriever, options)
-                results[name] = result
-                await store.delete(name)
+                vectors, index = await embed_set(data, ingestor, pids)
+                await queries.fix(data.query_texts)
+                for store in stores:
+                    by_store[store.backend][name] = await evaluate_store(args, data, store, vectors, index, retriever,
+                                                                         options, pids, settings.relevance_threshold)
     finally:
         await clients.close()
-    return results
+    return by_store
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,22 +543,32 @@ def main(argv: list[str] | None = None) -> int:
                                     rerank_url=f"http://127.0.0.1:{services['rerank'].port}/v1",
                                     llm_url="http://127.0.0.1:9/v1", data_path=Path(tmp))
         pids = [service.process.pid for service in services.values()]
-        results = asyncio.run(evaluate_all(args, settings, Path(tmp) / "collections", pids))
-    print()
-    print_table(results)
-    print_differences_and_verdicts(results)
-    print_costs(results, args.concurrency)
-    print_calibration(results)
+        by_store = asyncio.run(evaluate_all(args, settings, pids))
+    for store, results in by_store.items():
+        print()
+        print_table(results, store if len(by_store) > 1 else "")
+    for results in by_store.values():
+        print_differences_and_verdicts(results)
+        print_calibration(results)
+    print_costs([(name, r) for results in by_store.values() for name, r in results.items()], args.concurrency)
+    parity = store_parity(by_store)
+    print_parity(by_store, parity)
+    results = by_store[args.stores[0]]
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"retrieval-quality-{stamp}.json"
     meta = {"timestamp": stamp, "sets": args.sets, "max_queries": args.max_queries, "depth": DEPTH,
             "relevance_threshold": PipelineSettings().relevance_threshold,
             "rerank_candidates": args.rerank_candidates or PipelineSettings().rerank_candidates,
             "concurrency": args.concurrency, "profiles": profiles, "seed": SEED, "published": PUBLISHED,
-            "hardware": hw.as_dict(), "wall_s": time.perf_counter() - started}
-    out.write_text(json.dumps({"meta": meta, "sets": results}, indent=1))
+            "stores": args.stores, "rerank": args.rerank, "hardware": hw.as_dict(), "machine": machine_line(hw),
+            "wall_s": time.perf_counter() - started}
+    out.write_text(json.dumps({"meta": meta, "sets": results, "stores": by_store, "store_parity": parity}, indent=1))
     print(f"\nresults: {out.relative_to(REPO)}  (wall {meta['wall_s']:.0f} s)")
-    return 0
+    failed = [f"{name} {pair}" for name, pairs in parity.items() for pair, p in pairs.items() if p["verdict"] != "PASS"]
+    if failed:
+        print(f"FAIL: dense or hybrid nDCG@10 differ by more than {PARITY_TOLERANCE:g} between stores: "
+              + ", ".join(failed))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -15,13 +15,20 @@ from guardrails.store import (
     PolicyNotFound,
     PolicyStore,
     ProtectedPolicy,
+    ReadOnlyStore,
     VersionConflict,
     VersionInfo,
     VersionNotFound,
     check_policy_id,
 )
 from guardrails.validation import DEFAULT_MAX_POLICY_BYTES, validate_policy
-from services.common.errors import APIError, InvalidRequestError, NotFoundError, RequestValidationFailed
+from services.common.errors import (
+    APIError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    RequestValidationFailed,
+)
 
 EndpointsProvider = Callable[[], Awaitable[Endpoints]]
 
@@ -31,9 +38,20 @@ class PolicyMissing(NotFoundError):
         super().__init__(message, param="id", code="policy_not_found")
 
 
-class PolicyConflict(APIError):
-    status_code = 409
-    error_type = "invalid_request_error"
+class PolicyConflict(ConflictError):
+    """The policy exists already, is protected, or another version is current."""
+
+
+class PoliciesReadOnly(APIError):
+    """This replica opened the policy store read-only (NIMRAG_PIPELINE_GUARDRAILS_READ_ONLY)."""
+
+    status_code = 403
+    error_type = "permission_error"
+
+    def __init__(self):
+        super().__init__("This pipeline replica serves guardrails policies read-only: send changes to the writer "
+                         "replica (the one without NIMRAG_PIPELINE_GUARDRAILS_READ_ONLY); this replica serves "
+                         "them as soon as they are written.", code="policies_read_only")
 
 
 class InvalidPolicy(RequestValidationFailed):
@@ -62,6 +80,8 @@ def api_errors() -> Iterator[None]:
         raise PolicyConflict(str(exc), param="expected_version", code="version_conflict") from None
     except ProtectedPolicy as exc:
         raise PolicyConflict(str(exc), param="id", code="policy_protected") from None
+    except ReadOnlyStore:
+        raise PoliciesReadOnly() from None
 
 
 def version_view(info: VersionInfo) -> dict:
@@ -125,6 +145,7 @@ class PolicyService:
 
     async def create(self, policy_id: str, files: Mapping[str, str], comment: str, author: str) -> dict:
         with api_errors():
+            self.store.require_writable()  # each change is refused before validating, which needs the models
             check_policy_id(policy_id)  # a bad id is refused before the (slower) validation
             await self._require_valid(files)
             info = await asyncio.to_thread(self.store.create, policy_id, files, comment, author)
@@ -133,6 +154,7 @@ class PolicyService:
     async def update(self, policy_id: str, files: Mapping[str, str], expected_version: int | None, comment: str,
                      author: str) -> dict:
         with api_errors():
+            self.store.require_writable()
             await asyncio.to_thread(self.store.current_version, policy_id)  # 404 before validating
             await self._require_valid(files)
             info = await asyncio.to_thread(self.store.update, policy_id, files, expected_version, comment, author)
@@ -142,6 +164,7 @@ class PolicyService:
                        author: str) -> dict:
         """The old version is validated again: the services' models may have changed since it was written."""
         with api_errors():
+            self.store.require_writable()
             old = await asyncio.to_thread(self.store.get, policy_id, version)
             await self._require_valid(old.files)
             info = await asyncio.to_thread(self.store.rollback, policy_id, version, expected_version, comment,
@@ -150,5 +173,6 @@ class PolicyService:
 
     async def delete(self, policy_id: str) -> dict:
         with api_errors():
+            self.store.require_writable()
             await asyncio.to_thread(self.store.delete, policy_id)
         return {"message": f"Policy '{policy_id}' deleted.", "id": policy_id}

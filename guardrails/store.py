@@ -10,8 +10,10 @@
 A version is written into a staging folder, fsynced, then renamed into place, and only then does the pointer move:
 a writer killed midway leaves a staging folder or a numbered version above the pointer, never a half version. The
 next writer (holding the lock, so no other writer is midway) removes both. Readers take no lock: they read the
-pointer and then the immutable version it names. Versions are never edited; a rollback writes a new version with
-the old files. Validation is the caller's job (guardrails.service): the store only guards its own paths.
+pointer and then the immutable version it names, so a read-only store (``read_only=True``: a replica on a read-only
+mount, editing through one writer elsewhere) serves each change of the writer at once and never writes. Versions
+are never edited; a rollback writes a new version with the old files. Validation is the caller's job
+(guardrails.service): the store only guards its own paths.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from guardrails.policy_yaml import load_yaml
+from services.common.errors import StartupError
 from services.common.files import fsync_dir, write_atomically, write_synced
 
 POLICY_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -74,6 +77,14 @@ class PolicyExists(StoreError):
 
 class ProtectedPolicy(StoreError):
     pass
+
+
+class ReadOnlyStore(StoreError):
+    pass
+
+
+class DefaultPolicyMissing(StoreError, StartupError):
+    """A read-only store cannot seed the default policy: the service cannot start."""
 
 
 class VersionConflict(StoreError):
@@ -188,13 +199,33 @@ def check_policy_id(policy_id: str) -> str:
 # --- the store ------------------------------------------------------------------------------------------------
 
 class PolicyStore:
-    """All policies under ``root``. Thread- and process-safe; calls block on disk: run them off the event loop."""
+    """All policies under ``root``. Thread- and process-safe; calls block on disk: run them off the event loop.
+    Read-only, it creates nothing, takes no lock and refuses every change (ReadOnlyStore)."""
 
-    def __init__(self, root: Path | str, *, default_dir: Path | None = None, seed_default: bool = True):
+    def __init__(self, root: Path | str, *, default_dir: Path | None = None, seed_default: bool = True,
+                 read_only: bool = False):
         self.root = Path(root)
+        self.read_only = read_only
+        if read_only:
+            self._require_default()
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         if seed_default:
             self._seed_default(default_dir)
+
+    def _require_default(self) -> None:
+        if (self.root / DEFAULT_POLICY_ID / POINTER_FILE).is_file():
+            return
+        found = "holds no" if self.root.is_dir() else "does not exist, so it has no"
+        raise DefaultPolicyMissing(
+            f"The guardrails policy folder {self.root} {found} '{DEFAULT_POLICY_ID}' policy, and this replica opens "
+            "it read-only, so it cannot write one: point it at the folder the writer replica seeds, and start the "
+            "writer (the one that is not read-only) first.")
+
+    def require_writable(self) -> None:
+        """The one read-only check: every change passes here before it touches anything."""
+        if self.read_only:
+            raise ReadOnlyStore(f"The policy store at {self.root} is read-only.")
 
     def _seed_default(self, default_dir: Path | None) -> None:
         if (self.root / DEFAULT_POLICY_ID / POINTER_FILE).is_file():
@@ -212,6 +243,7 @@ class PolicyStore:
     @contextlib.contextmanager
     def _writing(self, policy_id: str) -> Iterator[Path]:
         """The policy's folder, under the exclusive lock, with what dead writers left behind removed."""
+        self.require_writable()
         folder = self._dir(policy_id)
         with open(self.root / LOCK_FILE, "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -358,6 +390,7 @@ class PolicyStore:
 
     def delete(self, policy_id: str) -> None:
         """The pointer goes first (the policy is gone at once), then its versions; the last number stays."""
+        self.require_writable()
         if policy_id == DEFAULT_POLICY_ID:
             raise ProtectedPolicy(f"The '{DEFAULT_POLICY_ID}' policy cannot be deleted; update it instead.")
         with self._writing(policy_id) as folder:

@@ -18,6 +18,7 @@ from guardrails.service import PolicyService
 from guardrails.store import PolicyStore
 from pipeline.answer import SYSTEM_PROMPT, Answerer
 from pipeline.clients import CLIENT_FAULTS, ServiceClients
+from pipeline.errors import STORE_ERRORS, install_store_error_handler
 from pipeline.ingest import Ingestor
 from pipeline.metrics import PipelineMetrics
 from pipeline.policy_router import install_policy_error_handler
@@ -26,7 +27,7 @@ from pipeline.retrieval import Retriever
 from pipeline.router import router
 from pipeline.service import PipelineService
 from pipeline.settings import PipelineSettings
-from pipeline.tasks import TaskStore
+from pipeline.tasks import open_task_store
 from pipeline.vectorstore import VectorStore, open_vector_store
 from services.common.app import package_version, probe_router
 from services.common.errors import install_error_handlers
@@ -36,20 +37,22 @@ from services.common.openapi import install_openapi
 from services.common.tracing import make_tracer
 
 # The errors each endpoint answers beyond those every endpoint shares (services.common.openapi.shared_errors):
-# 400 a bad name or option, 403 no admin key, 404 no such collection/task/policy, 409 a conflict, 422 an invalid
-# policy; an endpoint that calls the model services also passes on what they refuse (400, 413, 422) and answers
-# 502 (they failed), 503 (down or busy) and 504 (too slow): pipeline.clients.
+# 400 a bad name or option, 403 no admin key or policies served read-only, 404 no such collection/task/policy,
+# 409 a conflict, 422 an invalid policy, 503 the vector store or the task store busy or down (pipeline.errors).
+# An endpoint that calls the model services also passes on what they refuse (400, 413, 422) and answers 502 (they
+# failed), 503 (down or busy) and 504 (too slow): pipeline.clients.
 CALLS_SERVICES = {502, 503, 504, *CLIENT_FAULTS}
 ENDPOINT_ERRORS = {
-    ("post", "/v1/collections"): {409, *CALLS_SERVICES},
-    ("delete", "/v1/collections"): {400, 404},
-    ("post", "/v1/documents"): {404, *CALLS_SERVICES},
-    ("get", "/v1/documents"): {400, 404},
-    ("delete", "/v1/documents"): {400, 404},
-    ("get", "/v1/status"): {404},
-    ("post", "/v1/search"): {404, *CALLS_SERVICES},
-    ("post", "/v1/generate"): {404, *CALLS_SERVICES},
-    ("post", "/v1/chat/completions"): {404, *CALLS_SERVICES},
+    ("get", "/v1/collections"): STORE_ERRORS,
+    ("post", "/v1/collections"): {*STORE_ERRORS, *CALLS_SERVICES},
+    ("delete", "/v1/collections"): STORE_ERRORS,
+    ("post", "/v1/documents"): {*STORE_ERRORS, *CALLS_SERVICES},
+    ("get", "/v1/documents"): STORE_ERRORS,
+    ("delete", "/v1/documents"): STORE_ERRORS,
+    ("get", "/v1/status"): {404, 503},
+    ("post", "/v1/search"): {*STORE_ERRORS, *CALLS_SERVICES},
+    ("post", "/v1/generate"): {*STORE_ERRORS, *CALLS_SERVICES},
+    ("post", "/v1/chat/completions"): {*STORE_ERRORS, *CALLS_SERVICES},
     ("post", "/v1/guardrails/configs/validate"): {422},
     ("post", "/v1/guardrails/configs"): {400, 403, 409},
     ("get", "/v1/guardrails/configs/{policy_id}"): {400, 404},
@@ -84,7 +87,7 @@ def build_service(settings: PipelineSettings, metrics: ServiceMetrics | None = N
     ``clients``, the two collaborators that reach outside the process, may be given instead (tests)."""
     clients = clients or ServiceClients(settings)
     retriever = Retriever(clients)
-    policy_store = PolicyStore(settings.data_path / "guardrails")
+    policy_store = PolicyStore(settings.guardrails_folder(), read_only=settings.guardrails_read_only)
     endpoints = partial(guardrails_endpoints, settings, clients)
     guardrails = Guardrails(policy_store, endpoints, lambda texts: clients.embed(texts, "query"),
                             protected_texts=[SYSTEM_PROMPT], allow_python=settings.guardrails_allow_python)
@@ -92,7 +95,7 @@ def build_service(settings: PipelineSettings, metrics: ServiceMetrics | None = N
         settings, store=store or open_vector_store(settings), clients=clients, retriever=retriever,
         answerer=Answerer(clients, retriever), ingestor=Ingestor(clients, settings), guardrails=guardrails,
         policy_store=policy_store, guardrails_endpoints=endpoints,
-        tasks=TaskStore(settings.data_path / "tasks.sqlite"),
+        tasks=open_task_store(settings),
         metrics=PipelineMetrics(metrics or ServiceMetrics("pipeline")))
 
 
@@ -125,6 +128,7 @@ def create_app(settings: PipelineSettings | None = None, build: ServiceFactory =
     app.include_router(router)
     app.include_router(policy_router)
     install_policy_error_handler(app)
+    install_store_error_handler(app)
     install_openapi(app, endpoint_errors)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, api_keys=accepted_keys(settings),
                        max_body_bytes=settings.max_body_bytes, tracer=make_tracer("pipeline"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from guardrails.store import PolicyStore
 from pipeline.answer import Answerer, AnswerEvent, generate
 from pipeline.chunking import Chunker
 from pipeline.clients import DependencyError, ServiceClients
+from pipeline.errors import CollectionConflict, CollectionMissing
 from pipeline.ingest import FileReport, IngestItem, Ingestor
 from pipeline.metrics import PipelineMetrics
 from pipeline.protocol import (
@@ -31,27 +33,20 @@ from pipeline.protocol import (
 )
 from pipeline.retrieval import Retriever, SearchOptions, retrieval_query
 from pipeline.settings import PipelineSettings
-from pipeline.tasks import INTERRUPTED, TaskStore
+from pipeline.tasks import INTERRUPTED, TaskStore, TaskStoreUnavailable
 from pipeline.vectorstore.base import (
     CollectionExists,
     CollectionInfo,
     CollectionNotFound,
     CollectionOptions,
     InvalidCollectionName,
+    StoreError,
     VectorCollection,
     VectorStore,
 )
-from services.common.errors import APIError, InvalidRequestError, NotFoundError
+from services.common.errors import InvalidRequestError, NotFoundError
 
-
-class CollectionMissing(NotFoundError):
-    def __init__(self, name: str, param: str = "collection_name"):
-        super().__init__(f"Collection '{name}' does not exist.", param=param, code="collection_not_found")
-
-
-class CollectionConflict(APIError):
-    status_code = 409
-    error_type = "invalid_request_error"
+logger = logging.getLogger("nimrag.pipeline")
 
 
 class PipelineService:
@@ -82,7 +77,26 @@ class PipelineService:
         await self.store.close()
 
     async def dependency_health(self) -> dict[str, dict]:
-        return await self.clients.health()
+        """The model services, the vector store and the task store: each "ready" or what is wrong with it."""
+        services, vector_store, task_store = await asyncio.gather(
+            self.clients.health(), self._vector_store_health(), self._task_store_health())
+        return {**services, "vector_store": vector_store, "task_store": task_store}
+
+    async def _vector_store_health(self) -> dict:
+        health = {"backend": self.settings.vector_store}
+        try:
+            await self.store.list()
+        except StoreError as exc:
+            return {**health, "status": f"unavailable: {type(exc).__name__}: {exc}"}
+        return {**health, "status": "ready"}
+
+    async def _task_store_health(self) -> dict:
+        health = {"backend": self.settings.task_store}
+        try:
+            await asyncio.to_thread(self.tasks.check)
+        except TaskStoreUnavailable as exc:
+            return {**health, "status": f"unavailable: {exc.message}"}
+        return {**health, "status": "ready"}
 
     # --- collections ------------------------------------------------------------------------------------------
     async def collection(self, name: str | None, param: str = "collection_name") -> VectorCollection:
@@ -170,11 +184,20 @@ class PipelineService:
         try:
             await self.ingestor.ingest(collection, items, chunker, on_file=file_done)
         except asyncio.CancelledError:  # shutting down: say so now rather than at the next start
-            self.tasks.finish(task_id, INTERRUPTED, time.perf_counter() - started)
+            await self._finish_task(task_id, INTERRUPTED, started)
             raise
         except Exception as exc:  # noqa: BLE001 - the task's status carries the failure to the client
             error = f"{type(exc).__name__}: {exc}"
-        await asyncio.to_thread(self.tasks.finish, task_id, error, time.perf_counter() - started)
+        await self._finish_task(task_id, error, started)
+
+    async def _finish_task(self, task_id: str, error: str | None, started: float) -> None:
+        """Record the end; a store that cannot take it is logged (the task then reads interrupted), since no
+        client waits on a background ingest to be told."""
+        try:
+            await asyncio.to_thread(self.tasks.finish, task_id, error, time.perf_counter() - started)
+        except TaskStoreUnavailable as exc:
+            logger.error("upload task %s ended (%s) but its end was not recorded: %s", task_id,
+                         error or "finished", exc.message)
 
     async def task_status(self, task_id: str) -> dict:
         status = await asyncio.to_thread(self.tasks.get, task_id)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from pipeline.loaders import (
@@ -25,10 +25,34 @@ class PipelineSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="NIMRAG_PIPELINE_", extra="ignore")
 
     port: int = Field(8081, ge=1, le=65535)
-    data_path: Path = Field(default_factory=default_data_path, description="Collections (FAISS + SQLite), "
-                            "upload tasks, guardrails policies.")
-    vector_store: Literal["faiss"] = Field("faiss", description="Where collections live: faiss (FAISS + SQLite "
-                                           "under data_path/collections).")
+    data_path: Path = Field(default_factory=default_data_path, description="Local state: collections "
+                            "(FAISS + SQLite), upload tasks (SQLite), guardrails policies, logs.")
+    vector_store: Literal["faiss", "milvus"] = Field("faiss", description="Where collections live: faiss (FAISS "
+                                                     "+ SQLite under data_path/collections) or milvus (milvus_uri).")
+    milvus_uri: str = Field("", description="Milvus: a path ending in .db runs Milvus Lite in this process (one "
+                            "process per file); http://host:19530 a Milvus server or `milvus-lite server`, which "
+                            "replicas share. Empty: data_path/milvus.db.")
+    milvus_token: str = Field("", description="Milvus: the token ('user:password' or an API key); empty: none.")
+    milvus_timeout_s: float = Field(10.0, gt=0, description="Milvus: the longest one call may take; then 503.")
+    milvus_lexical: Literal["auto", "bm25", "sparse"] = Field("auto", description="Milvus lexical search: bm25 "
+                                                              "(the server's full-text search, 2.5+), sparse "
+                                                              "(vectors the pipeline computes), auto (bm25 where "
+                                                              "the server has it). Fixed per collection at "
+                                                              "creation.")
+    task_store: Literal["sqlite", "redis"] = Field("sqlite", description="Where upload tasks (/v1/status) live: "
+                                                   "sqlite (data_path/tasks.sqlite, one host) or redis (redis_url, "
+                                                   "which replicas on several hosts share).")
+    redis_url: str = Field("", validate_default=True, description="Redis task store: redis://[:password@]host:"
+                           "6379/0, rediss:// (TLS) or unix:///path/redis.sock; required with task_store=redis.")
+    redis_key_prefix: str = Field("nimrag:tasks:", min_length=1, description="Redis task store: the prefix of its "
+                                  "keys (several deployments may share one Redis under different prefixes).")
+    redis_timeout_s: float = Field(5.0, gt=0, description="Redis task store: the longest one call waits on the "
+                                   "server (connect or answer); then 503.")
+    max_tasks_kept: int = Field(1000, ge=1, description="Upload tasks kept readable; creating one prunes older.")
+    task_ttl_s: float = Field(7 * 24 * 3600.0, gt=0, description="Redis task store: a task's keys expire this long "
+                              "after it finished (or after the last heartbeat of a task nobody finished).")
+    task_lease_s: float = Field(30.0, gt=0, description="Redis task store: a running task's lease, renewed every "
+                                "third of it; once it runs out (its replica died) the task reads interrupted.")
     embed_url: str = "http://127.0.0.1:8001/v1"
     rerank_url: str = "http://127.0.0.1:8002/v1"
     llm_url: str = "http://127.0.0.1:8000/v1"
@@ -79,6 +103,31 @@ class PipelineSettings(ServiceSettings):
     guardrails_allow_python: bool = Field(False, description="Accept uploaded policies carrying Python code "
                                           "(actions.py, config.py): the pipeline runs it.")
     guardrails_max_policy_bytes: int = Field(1024 * 1024, ge=1024, description="Largest policy (all its files).")
+    guardrails_path: Path | None = Field(None, description="The guardrails policy folder; empty: data_path/"
+                                         "guardrails. Replicas point it at one shared folder: a ReadWriteMany volume "
+                                         "whose filesystem honours flock (all may edit), or a read-only mount (see "
+                                         "guardrails_read_only).")
+    guardrails_read_only: bool = Field(False, description="Serve the policies of guardrails_path without ever "
+                                       "writing there (a read-only mount): edits answer 403, and the default policy "
+                                       "must already be there, written by the one writer replica.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_with_redis(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if info.data.get("task_store") == "redis" and not value:
+            raise ValueError("required with NIMRAG_PIPELINE_TASK_STORE=redis (e.g. redis://host:6379/0)")
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("guardrails_path", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value):
+        return None if value == "" else value
+
+    def guardrails_folder(self) -> Path:
+        return self.guardrails_path or self.data_path / "guardrails"
 
     def inflate_limits(self) -> InflateLimits:
         return InflateLimits(self.max_inflated_bytes, self.max_compression_ratio)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -70,6 +71,22 @@ def start_service(service: str, tmp_dir: Path, env: dict[str, str] | None = None
     if wait_ready:
         wait_until_ready(svc, timeout_s)
     return svc
+
+
+def sigkill_mid_upload(pipeline: ServiceProcess, task_id: str, files_done: int, status_url: str | None = None,
+                       timeout_s: float = 240) -> None:
+    """SIGKILL ``pipeline`` once its upload ``task_id`` reports ``files_done`` files done (read at ``status_url``,
+    another replica's, or its own)."""
+    url = (status_url or pipeline.base_url) + "/v1/status"
+    deadline = time.monotonic() + timeout_s
+    try:
+        while httpx.get(url, params={"task_id": task_id}).json()["progress"]["files_done"] < files_done:
+            assert time.monotonic() < deadline, f"task {task_id} did not reach {files_done} files"
+            time.sleep(0.1)
+        os.kill(pipeline.process.pid, signal.SIGKILL)
+        pipeline.process.wait()
+    finally:
+        pipeline.stop()
 
 
 def wait_until_ready(svc: ServiceProcess, timeout_s: float = 180, health: str = "/v1/health/ready") -> None:

@@ -11,7 +11,6 @@ import sys
 from collections.abc import Iterator
 from functools import cache
 from importlib import metadata
-from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -31,6 +30,12 @@ OPTIONAL_IMPORTS = {
     "tritonclient": "gpu",  # the TensorRT-LLM engine's Triton client, imported only when that engine starts
     "pytriton": "triton",  # `nimrag triton serve`, imported only when it runs
     "langchain_core": "langchain",  # pipeline/langchain.py: the LangChain retriever and chain, imported by no service
+    # the Milvus vector store (pipeline/vectorstore/milvus), imported only when NIMRAG_PIPELINE_VECTOR_STORE=milvus
+    "pymilvus": "milvus",
+    "milvus_lite": "milvus",
+    "grpc": "milvus",
+    "snowballstemmer": "milvus",
+    "redis": "redis",  # the Redis task store, imported only when NIMRAG_PIPELINE_TASK_STORE=redis
 }
 
 

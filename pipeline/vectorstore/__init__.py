@@ -22,9 +22,17 @@ def _faiss(settings: PipelineSettings) -> VectorStore:
     return FaissVectorStore(settings.data_path / "collections")
 
 
-# The registration point: one line per backend (the Milvus backend adds "milvus" here).
+def _milvus(settings: PipelineSettings) -> VectorStore:
+    from pipeline.vectorstore.milvus import MilvusVectorStore  # the milvus extra
+
+    return MilvusVectorStore(settings.milvus_uri or settings.data_path / "milvus.db", token=settings.milvus_token,
+                             timeout_s=settings.milvus_timeout_s, lexical=settings.milvus_lexical)
+
+
+# The registration point: one line per backend.
 BACKENDS: dict[str, Callable[[PipelineSettings], VectorStore]] = {
     "faiss": _faiss,
+    "milvus": _milvus,
 }
 
 

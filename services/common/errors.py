@@ -83,6 +83,13 @@ class NotFoundError(APIError):
     error_type = "not_found_error"
 
 
+class ConflictError(APIError):
+    """The request conflicts with what is stored (it exists already, another version is current): 409."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+
+
 class MethodNotAllowedError(APIError):
     status_code = 405
     error_type = "invalid_request_error"
@@ -121,7 +128,8 @@ class QueueWaitTooLongError(APIError):
 
 
 class ServiceNotReadyError(APIError):
-    """The model is still loading or failed to load (503)."""
+    """The model is still loading or failed to load, or a store the service needs is unreachable now: 503, and
+    retrying after ``retry_after_s`` may succeed."""
 
     status_code = 503
     error_type = "service_unavailable"

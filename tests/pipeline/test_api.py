@@ -1,5 +1,6 @@
 """The pipeline end to end over real HTTP, with the real services and bundled models: a mixed folder in, questions
-answered with citations to the right files, deletions, bad input, concurrency."""
+answered with citations to the right files, deletions, bad input, concurrency. Every test runs on both store
+backends: the platform's pipeline on FAISS + SQLite, then a replica on a Milvus server and Redis."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.pipeline.conftest import UPLOAD_LIMIT, pipeline_url
+from tests.pipeline.conftest import UPLOAD_LIMIT
 
 FACTS = {
     "zephyr-drone.pdf": "The Zephyr 9 drone has a maximum flight time of 47 minutes on one battery.",
@@ -75,8 +76,8 @@ def upload(url: str, files, collection: str, blocking: bool, **kwargs) -> httpx.
 
 
 @pytest.fixture(scope="module")
-def url(platform) -> str:
-    return pipeline_url(platform)
+def url(backend_url) -> str:
+    return backend_url
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +264,7 @@ def test_health_reports_dependencies(url):
     body = httpx.get(url + "/v1/health", params={"check_dependencies": True}).json()
     assert body["status"] == "healthy"
     assert {name: d["status"] for name, d in body["dependencies"].items()} == \
-        {"embed": "ready", "rerank": "ready", "llm": "ready"}
+        {"embed": "ready", "rerank": "ready", "llm": "ready", "vector_store": "ready", "task_store": "ready"}
 
 
 def test_pipeline_metrics(url, ingested):

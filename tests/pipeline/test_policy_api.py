@@ -12,9 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, free_port
-from tests.guardrails.policies import (BILLION_LAUGHS, COLANG, CONFIG, DEEP_BLOCK_YAML, DEEP_FLOW_YAML,
-                                       SELF_CONTAINED_YAML)
+from tests.conftest import REPO, free_port, start_service
+from tests.guardrails.policies import (
+    BILLION_LAUGHS,
+    COLANG,
+    CONFIG,
+    DEEP_BLOCK_YAML,
+    DEEP_FLOW_YAML,
+    SELF_CONTAINED_YAML,
+)
 from tests.pipeline.conftest import ADMIN_KEY, pipeline_url
 
 API = "/v1/guardrails/configs"
@@ -264,3 +270,67 @@ def test_more_bad_requests_are_clear_4xx(api, method, path, body, status, needle
 def test_malformed_json_is_a_400_not_a_500(api):
     response = api.post(API + "/validate", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code in (400, 422) and "error" in response.json()
+
+
+# --- replicas: one writer, read-only replicas on the same folder -----------------------------------------------
+
+def read_only_replica(tmp_path: Path, policies: Path):
+    """A pipeline process of its own serving ``policies`` read-only, as a replica on a read-only mount does; it
+    needs no model service to read policies or to refuse edits."""
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    return start_service("pipeline", tmp_path, env={
+        "NIMRAG_PIPELINE_DATA_PATH": str(tmp_path / "data"), "NIMRAG_PIPELINE_GUARDRAILS_PATH": str(policies),
+        "NIMRAG_PIPELINE_GUARDRAILS_READ_ONLY": "true", "NIMRAG_PIPELINE_ADMIN_API_KEY": ADMIN_KEY,
+        "NIMRAG_PIPELINE_EMBED_URL": closed, "NIMRAG_PIPELINE_RERANK_URL": closed, "NIMRAG_PIPELINE_LLM_URL": closed})
+
+
+def set_mode(root: Path, files: int, folders: int) -> None:
+    for path in [root, *root.rglob("*")]:
+        path.chmod(folders if path.is_dir() else files)
+
+
+def test_a_read_only_replica_serves_the_writers_policies_and_refuses_edits(tmp_path):
+    from guardrails.store import PolicyStore
+
+    policies = tmp_path / "policies"
+    writer = PolicyStore(policies)  # the writer replica's store: it seeds the default policy
+    writer.create("manuals", V1)
+    replica = read_only_replica(tmp_path, policies)
+    try:
+        with httpx.Client(base_url=replica.base_url, timeout=60) as client:
+            assert {c["id"] for c in client.get(API).json()["configs"]} == {"default", "manuals"}
+            assert client.get(f"{API}/manuals").json()["version"] == 1
+            writer.update("manuals", V2, expected_version=1)  # the writer edits: the replica serves it at once
+            got = client.get(f"{API}/manuals").json()
+            assert got["version"] == 2 and got["files"] == V2
+
+            set_mode(policies, 0o444, 0o555)  # now a read-only mount
+            assert [v["version"] for v in client.get(f"{API}/manuals/history").json()["versions"]] == [2, 1]
+            assert list(client.get(f"{API}/manuals/diff").json()["files"]) == ["config.yml"]
+            assert client.get(f"{API}/default").json()["files"]["config.yml"]
+            edits = {"create": client.post(API, json={"id": new_id(), "files": V1}, headers=ADMIN),
+                     "update": client.put(f"{API}/manuals", json={"files": V1}, headers=ADMIN),
+                     "rollback": client.post(f"{API}/manuals/rollback", json={"version": 1}, headers=ADMIN),
+                     "delete": client.delete(f"{API}/manuals", headers=ADMIN)}
+            for name, response in edits.items():
+                assert response.status_code == 403, (name, response.text)
+                error = response.json()["error"]
+                assert (error["code"], error["type"]) == ("policies_read_only", "permission_error"), name
+                assert "read-only" in error["message"] and "writer replica" in error["message"], name
+            assert client.get(f"{API}/manuals").json()["version"] == 2
+    finally:
+        replica.stop()
+        set_mode(policies, 0o644, 0o755)
+    assert "Traceback" not in replica.log()
+    if os.geteuid() == 0:
+        pytest.skip("running as root, for whom chmod 0o555 stops no write: the replica served a folder that was not "
+                    "really read-only here (its refusals above come from the read-only setting, which they test)")
+
+
+def test_a_read_only_replica_without_a_default_policy_does_not_start(tmp_path):
+    policies = tmp_path / "empty-policies"
+    policies.mkdir()
+    with pytest.raises(RuntimeError) as caught:
+        read_only_replica(tmp_path, policies)
+    assert str(policies) in str(caught.value) and "read-only" in str(caught.value)
+    assert "Traceback" not in str(caught.value) and list(policies.iterdir()) == []

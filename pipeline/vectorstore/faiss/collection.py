@@ -64,7 +64,6 @@ from pipeline.vectorstore.faiss.schema import (
     bump_generation,
     collection_info,
     document_info,
-    dumps,
     fts_query,
     ids_and_vectors,
     ids_of_sources,
@@ -75,9 +74,9 @@ from pipeline.vectorstore.faiss.schema import (
     remove_source_chunks,
     row_problems,
     stored_chunk,
-    utc_now,
     vector_rows,
 )
+from pipeline.vectorstore.records import dumps, utc_now
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.vectorstore.base import StoreError
 from pipeline.vectorstore.faiss.index import VectorIndex
-from pipeline.vectorstore.faiss.schema import utc_now
+from pipeline.vectorstore.records import utc_now
 from services.common.files import write_atomically
 
 logger = logging.getLogger(__name__)

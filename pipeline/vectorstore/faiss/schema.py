@@ -13,7 +13,6 @@ import re
 import sqlite3
 import uuid
 from collections.abc import Iterable
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,9 @@ from pipeline.vectorstore.base import (
     CollectionInfo,
     CollectionOptions,
     DocumentInfo,
-    InvalidArgument,
     StoredChunk,
 )
+from pipeline.vectorstore.records import dumps, utc_now
 
 SCHEMA_VERSION = 1
 DB_FILE = "chunks.sqlite"
@@ -34,19 +33,7 @@ REMOVAL_LOG_GENERATIONS = 1000  # how many generations back another process can 
 MAX_QUERY_TERMS = 64
 # Lucene's English stop words, which Anserini's BM25 drops too: they weigh next to nothing in BM25, yet each
 # matches most chunks, and FTS5 ranks every chunk a query matches (at 100k chunks, hundreds of milliseconds).
-STOPWORDS = frozenset("a an and are as at be but by for if in into is it no not of on or such that the their then "
-                      "there these they this to was will with".split())
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def dumps(value: object) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, sort_keys=True)
-    except (TypeError, ValueError) as error:
-        raise InvalidArgument(f"metadata must be JSON-serializable: {error}") from error
+STOPWORDS = frozenset(["a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was", "will", "with"])
 
 
 def fts_query(text: str) -> str | None:

@@ -11,7 +11,7 @@ import pytest
 from pipeline.settings import PipelineSettings
 from pipeline.vectorstore import VectorStore, open_vector_store
 
-STORE_BACKENDS = ["faiss"]  # a backend joins the contract suite with its name here (and its settings below)
+STORE_BACKENDS = ["faiss", "milvus"]  # a backend joins the contract suite with its name here (settings below)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import time
 import httpx
 
 from pipeline.vectorstore.faiss import Catalog
-from tests.conftest import REPO, start_service
+from tests.conftest import REPO, sigkill_mid_upload, start_service
 
 FILES = 150
 UPLOAD_FILES = 60
@@ -82,15 +82,10 @@ def test_upload_task_survives_a_killed_pipeline(platform, tmp_path):
         started = httpx.post(pipeline.base_url + "/v1/documents", files=uploads,
                              data={"data": json.dumps({"collection_name": "tasks", "blocking": False})}, timeout=60)
         task_id = started.json()["task_id"]
-        deadline = time.monotonic() + 240
-        while httpx.get(pipeline.base_url + "/v1/status", params={"task_id": task_id}).json()[
-                "progress"]["files_done"] < 5:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        os.kill(pipeline.process.pid, signal.SIGKILL)
-        pipeline.process.wait()
-    finally:
+    except BaseException:
         pipeline.stop()
+        raise
+    sigkill_mid_upload(pipeline, task_id, files_done=5)
 
     restarted = _pipeline(data_path, platform, tmp_path)
     try:

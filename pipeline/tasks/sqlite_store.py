@@ -1,7 +1,6 @@
 """Upload tasks in SQLite beside the collections, so that ``GET /v1/status`` still answers after a restart.
 
-A task whose pipeline process died before it finished reads FAILED, with the files it had finished: uploading
-the same files again skips those as unchanged.
+One host: a task left PENDING by a process that is gone (its pid is dead) reads FAILED with ``INTERRUPTED``.
 """
 
 from __future__ import annotations
@@ -11,12 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.ingest import FileReport, IngestReport
+from pipeline.ingest import FileReport
 from pipeline.sqlite import connect, use_wal, write_transaction
-
-MAX_TASKS_KEPT = 1000  # the newest tasks stay readable; older ones are pruned
-INTERRUPTED = ("Interrupted: the pipeline stopped before this upload finished. Upload the files again; those "
-               "already ingested are skipped as unchanged.")
+from pipeline.tasks.base import INTERRUPTED, MAX_TASKS_KEPT, TaskStore, task_view
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -40,8 +36,8 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-class TaskStore:
-    """Tasks and their per-file reports. Calls block on SQLite: run them off the event loop."""
+class SQLiteTaskStore(TaskStore):
+    """Tasks and their per-file reports in one SQLite file; processes of one host may share it."""
 
     def __init__(self, path: Path, keep: int = MAX_TASKS_KEPT):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +47,10 @@ class TaskStore:
         use_wal(self._connection)
         self._connection.executescript(SCHEMA)
         self._fail_orphans()
+
+    def check(self) -> None:
+        with self._lock:
+            self._connection.execute("SELECT 1 FROM tasks LIMIT 1").fetchall()
 
     def close(self) -> None:
         with self._lock:
@@ -84,7 +84,6 @@ class TaskStore:
                       ("FAILED" if error else "FINISHED", error, seconds, task_id))
 
     def get(self, task_id: str) -> dict | None:
-        """The task as ``/v1/status`` shows it, or None."""
         with self._lock:
             task = self._connection.execute("SELECT collection, total, state, error, seconds FROM tasks WHERE id = ?",
                                             (task_id,)).fetchone()
@@ -93,7 +92,4 @@ class TaskStore:
             rows = self._connection.execute("SELECT source, status, chunks, reason FROM task_files WHERE task_id = ? "
                                             "ORDER BY seq", (task_id,)).fetchall()
         collection, total, state, error, seconds = task
-        report = IngestReport(collection, [FileReport(*row) for row in rows], seconds or 0.0)
-        return {"task_id": task_id, "state": state, "collection_name": collection,
-                "progress": {"files_done": len(report.files), "files_total": total}, "result": report.as_dict(),
-                "error": error}
+        return task_view(task_id, collection, total, state, error, seconds, [FileReport(*row) for row in rows])
