@@ -5,6 +5,9 @@ binds its models (the LLM and embedding services) and adds nimrag's rails (``lib
 names a host. NeMo runs the input rails (``check_async``) and the output rails on the pipeline's own token stream
 (``stream_async(generator=...)``); nimrag adds the retrieval rail (chunks carrying injected instructions are
 dropped) and masking of sensitive data in the streamed answer.
+
+Each rail type is a span, a child of the span current where it runs (the request's): ``guardrails.input``,
+``guardrails.retrieval``, and ``guardrails.output``, which lasts as long as the answer's stream.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ import yaml
 from nemoguardrails import LLMRails, RailsConfig
 from nemoguardrails.rails.llm.config import Model
 from nemoguardrails.rails.llm.options import RailStatus, RailType
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from guardrails.actions import RAIL_MS, PolicySettings, RailActions
 from guardrails.detectors import Embed, StreamMasker
 from guardrails.policy_yaml import load_yaml
+from services.common.tracing import traced_stream
 
 if TYPE_CHECKING:
     from guardrails.store import PolicyStore
@@ -45,6 +50,7 @@ MODEL_ENGINES = {"nimrag", "openai", "nim"}
 HOST_PARAMETERS = {"base_url", "api_base", "endpoint", "url", "openai_api_base", "api_key"}
 
 log = logging.getLogger("nimrag.guardrails")
+tracer = trace.get_tracer("nimrag.guardrails")
 
 
 class PolicyError(ValueError):
@@ -224,7 +230,11 @@ class PolicyRuntime:
         if not self.config.rails.input.flows:
             return
         started = time.perf_counter()
-        result = await self.rails.check_async([{"role": "user", "content": question}], rail_types=[RailType.INPUT])
+        with tracer.start_as_current_span("guardrails.input", attributes=self._span_attributes()) as span:
+            result = await self.rails.check_async([{"role": "user", "content": question}],
+                                                  rail_types=[RailType.INPUT])
+            if result.status == RailStatus.BLOCKED:
+                span.set_attribute("nimrag.guardrails.blocked_by", result.rail or "")
         verdict.timings_ms["input_rails_ms"] = _ms(started)
         verdict.activated += list(self.config.rails.input.flows)
         if result.status == RailStatus.BLOCKED:
@@ -236,18 +246,27 @@ class PolicyRuntime:
         if not self.settings.retrieval.drop_injected_chunks:
             return list(range(len(texts)))
         started = time.perf_counter()
-        outcomes = await asyncio.gather(*(self.actions.jailbreak_outcome(t, v) for t, v in zip(texts, vectors,
-                                                                                                 strict=True)))
-        keep = [i for i, outcome in enumerate(outcomes) if not outcome.is_blocked]
+        with tracer.start_as_current_span("guardrails.retrieval", attributes=self._span_attributes()) as span:
+            outcomes = await asyncio.gather(*(self.actions.jailbreak_outcome(t, v)
+                                              for t, v in zip(texts, vectors, strict=True)))
+            keep = [i for i, outcome in enumerate(outcomes) if not outcome.is_blocked]
+            span.set_attribute("nimrag.guardrails.dropped_chunks", len(texts) - len(keep))
         verdict.dropped_chunks = len(texts) - len(keep)
         verdict.timings_ms["retrieval_rails_ms"] = verdict.rail_ms["nimrag drop injected chunks"] = _ms(started)
         verdict.activated.append("nimrag drop injected chunks")
         return keep
 
-    async def guard_output(self, turns: list[dict], pieces: AsyncIterator[str], verdict: Verdict
-                           ) -> AsyncIterator[str]:
+    def _span_attributes(self) -> dict:
+        return {"nimrag.guardrails.policy": self.policy_id, "nimrag.guardrails.version": self.version}
+
+    def guard_output(self, turns: list[dict], pieces: AsyncIterator[str], verdict: Verdict) -> AsyncIterator[str]:
         """The answer's pieces through the output rails, checked before they are sent, with sensitive data masked.
-        A block ends the stream: ``verdict.blocked_by`` says which rail, and the refusal comes last."""
+        A block ends the stream: ``verdict.blocked_by`` says which rail, and the refusal comes last. Its span is
+        the child of the span current now."""
+        return traced_stream(tracer, "guardrails.output", self._guarded(turns, pieces, verdict),
+                             attributes=self._span_attributes())
+
+    async def _guarded(self, turns: list[dict], pieces: AsyncIterator[str], verdict: Verdict) -> AsyncIterator[str]:
         flows = self.config.rails.output.flows
         if flows:
             verdict.activated += list(flows)
@@ -257,6 +276,7 @@ class PolicyRuntime:
         async for piece in pieces:
             if blocked := _blocking_rail(piece):
                 verdict.blocked_by, verdict.refusal = blocked, OUTPUT_REFUSAL
+                trace.get_current_span().set_attribute("nimrag.guardrails.blocked_by", blocked)
                 return
             piece = masker.feed(piece) if masker else piece
             if piece:

@@ -151,6 +151,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             platform.stop()
 
 
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    from nimrag.config_reference import main
+
+    return main(args.output)
+
+
 def _demo(platform) -> None:
     """Ingest the bundled sample documents and answer one question about them."""
     from nimrag import rag_cli
@@ -301,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--service", choices=sorted(n for n, e in SERVICES.items() if e.profiles))
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_profiles_list)
+
+    reference = sub.add_parser("config-reference", help="every environment variable of every service, as Markdown "
+                               "(docs/configuration.md)")
+    reference.add_argument("--output", metavar="FILE", help="write it to FILE instead of printing it")
+    reference.set_defaults(func=cmd_config_reference)
     return parser
 
 

@@ -3,6 +3,10 @@
 The prompt is packed in the LLM's own tokens (its /tokenize): the conversation first, then as many retrieved
 chunks as fit, best first, leaving room for the answer. When nothing relevant was retrieved the answer says so
 and the LLM is not asked to invent one.
+
+Spans, children of the request's: retrieval and rerank (pipeline.retrieval), ``guardrails.retrieval``,
+``prompt.pack`` (the LLM's /tokenize calls), then the LLM call (``llm chat.completions``) and the output rails
+(``guardrails.output``), each lasting as long as the answer's stream.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
+
+from opentelemetry import trace
 
 from guardrails.runtime import PolicyRuntime, Verdict
 from pipeline.clients import ServiceClients
@@ -29,6 +35,7 @@ SYSTEM_PROMPT = ("You answer questions using only the numbered sources below. Ci
                  "If the sources do not contain the answer, say that you do not know.")
 NO_CONTEXT_ANSWER = "I could not find anything relevant to your question in the collection."
 PROMPT_MARGIN_TOKENS = 16  # room for the template's own tokens around the packed sources
+tracer = trace.get_tracer("nimrag.pipeline")
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,9 @@ class Answerer:
             yield AnswerEvent("done", finish_reason="stop", metrics=metrics, guardrails=_view(verdict),
                               usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
             return
-        messages, citations = await self.pack(turns, hits, params["max_tokens"])
+        with tracer.start_as_current_span("prompt.pack", attributes={"nimrag.pack.hits": len(hits)}) as span:
+            messages, citations = await self.pack(turns, hits, params["max_tokens"])
+            span.set_attribute("nimrag.pack.sources", len(citations))
         yield AnswerEvent("citations", citations=citations)
         async for event in generate(self.clients, messages, params, turns, started, metrics, policy, verdict):
             yield event
@@ -129,9 +138,10 @@ async def generate(clients: ServiceClients, messages: list[dict], params: dict, 
     with the policy's refusal and ``content_filter``, as OpenAI ends filtered answers."""
     llm_started = time.perf_counter()
     outcome: dict = {}
+    chunks = clients.chat_stream(messages, **params)  # made here: its span is the request's child, rails or not
 
     async def pieces() -> AsyncIterator[str]:
-        async for chunk in clients.chat_stream(messages, **params):
+        async for chunk in chunks:
             if chunk.usage:
                 outcome["usage"] = chunk.usage.model_dump(exclude_none=True)
             for choice in chunk.choices:

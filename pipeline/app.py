@@ -29,7 +29,8 @@ from pipeline.service import PipelineService
 from pipeline.settings import PipelineSettings
 from pipeline.tasks import open_task_store
 from pipeline.vectorstore import VectorStore, open_vector_store
-from services.common.app import package_version, probe_router
+from services.common.app import fastapi_options, package_version, probe_router
+from services.common.docs import install_offline_docs
 from services.common.errors import install_error_handlers
 from services.common.metrics import ServiceMetrics
 from services.common.middleware import RequestContextMiddleware
@@ -116,7 +117,7 @@ def create_app(settings: PipelineSettings | None = None, build: ServiceFactory =
         finally:
             await service.close()
 
-    app = FastAPI(title="nimrag RAG pipeline", version=package_version(), lifespan=lifespan)
+    app = FastAPI(title="nimrag RAG pipeline", version=package_version(), lifespan=lifespan, **fastapi_options())
     app.state.settings = settings
     app.state.service = service
     app.state.metrics = metrics
@@ -130,6 +131,7 @@ def create_app(settings: PipelineSettings | None = None, build: ServiceFactory =
     install_policy_error_handler(app)
     install_store_error_handler(app)
     install_openapi(app, endpoint_errors)
+    install_offline_docs(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, api_keys=accepted_keys(settings),
                        max_body_bytes=settings.max_body_bytes, tracer=make_tracer("pipeline"))
     return app

@@ -1,8 +1,14 @@
-"""The microservices as the pipeline calls them: OpenAI/NIM clients over HTTP, at URLs from settings only."""
+"""The microservices as the pipeline calls them: OpenAI/NIM clients over HTTP, at URLs from settings only.
+
+Every call is a CLIENT span (``<service> <operation>``; each retry its own) under the span current when it is
+made, and carries that span as W3C ``traceparent`` (an httpx request hook on every client, the openai SDK's
+included): the service's own request span is its child. A streamed answer's span lasts as long as its stream.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -10,9 +16,11 @@ from typing import TypeVar
 import httpx
 import numpy as np
 import openai
+from opentelemetry import trace
 
 from pipeline.settings import PipelineSettings
 from services.common.errors import APIError, ModelNotFoundError
+from services.common.tracing import TRACE_HOOKS, traced_stream
 
 T = TypeVar("T")
 # A dependency's answers that the client's request caused (the LLM's context is shorter than the question and
@@ -20,6 +28,7 @@ T = TypeVar("T")
 CLIENT_FAULTS = frozenset({400, 413, 422})
 # No one can say when a service that does not answer at all is back: a pause, as a not-ready model asks for.
 UNREACHABLE_RETRY_AFTER_S = 5
+tracer = trace.get_tracer("nimrag.pipeline")
 
 
 class DependencyError(APIError):
@@ -124,10 +133,12 @@ class ServiceClients:
         key = settings.service_api_key or "unused"
         timeout = settings.request_timeout_s
         # Retries are ours (_call): the SDK would wait out any Retry-After up to two minutes, holding the client.
-        self.embed_client = openai.AsyncOpenAI(base_url=settings.embed_url, api_key=key, timeout=timeout, max_retries=0)
-        self.llm_client = openai.AsyncOpenAI(base_url=settings.llm_url, api_key=key, timeout=timeout, max_retries=0)
+        self.embed_client = openai.AsyncOpenAI(base_url=settings.embed_url, api_key=key, timeout=timeout, max_retries=0,
+                                               http_client=openai.DefaultAsyncHttpxClient(event_hooks=TRACE_HOOKS))
+        self.llm_client = openai.AsyncOpenAI(base_url=settings.llm_url, api_key=key, timeout=timeout, max_retries=0,
+                                             http_client=openai.DefaultAsyncHttpxClient(event_hooks=TRACE_HOOKS))
         headers = {"Authorization": f"Bearer {key}"} if settings.service_api_key else {}
-        self.http = httpx.AsyncClient(timeout=timeout, headers=headers)
+        self.http = httpx.AsyncClient(timeout=timeout, headers=headers, event_hooks=TRACE_HOOKS)
         self._models: dict[str, str] = {}
         self._llm_models: list[str] = []  # what the LLM service serves, when a request named a model
 
@@ -139,7 +150,7 @@ class ServiceClients:
         if service not in self._models:
             url = {"embed": self.settings.embed_url, "rerank": self.settings.rerank_url,
                    "llm": self.settings.llm_url}[service]
-            data = await self._get_json(service, url.rstrip("/") + "/models")
+            data = await self._get_json(service, "models", url.rstrip("/") + "/models")
             self._models[service] = data["data"][0]["id"]
         return self._models[service]
 
@@ -149,21 +160,24 @@ class ServiceClients:
         if requested in (None, own_name):
             return await self.model("llm")
         if requested not in self._llm_models:
-            data = await self._get_json("llm", self.settings.llm_url.rstrip("/") + "/models")
+            data = await self._get_json("llm", "models", self.settings.llm_url.rstrip("/") + "/models")
             self._llm_models = [card["id"] for card in data["data"]]
         if requested not in self._llm_models:
             raise ModelNotFoundError(requested, [own_name, *self._llm_models])
         return requested
 
-    async def _call(self, service: str, attempt: Callable[[], Awaitable[T]], backoff_budget_s: float = 0) -> T:
+    async def _call(self, service: str, operation: str | None, attempt: Callable[[], Awaitable[T]],
+                    backoff_budget_s: float = 0) -> T:
         """``attempt()``, tried again while the dependency is unreachable or busy and asks for a short wait
         (``dependency_retries``, ``dependency_retry_max_wait_s``); any other failure maps to the client's error.
         ``backoff_budget_s`` > 0 (work nobody waits on, as ingestion): a busy service's Retry-After is waited out,
-        however long, up to that in all; an unreachable one still fails after the usual retries."""
+        however long, up to that in all; an unreachable one still fails after the usual retries. Each attempt is a
+        CLIENT span ``<service> <operation>``; None: the caller's span covers them (a stream)."""
         waited = 0.0
         for tries in itertools.count(1):
             try:
-                return await attempt()
+                with self._client_span(service, operation, tries):
+                    return await attempt()
             except Exception as exc:  # noqa: BLE001 - dependency_error re-raises what is not a dependency's failure
                 error = dependency_error(service, exc, self.settings.request_timeout_s)
             if not isinstance(error, DependencyError):
@@ -177,11 +191,18 @@ class ServiceClients:
             waited += wait
             await asyncio.sleep(wait)
 
-    async def _get_json(self, service: str, url: str) -> dict:
-        return await self._call(service, lambda: self._json_of(service, self.http.get(url)))
+    @staticmethod
+    def _client_span(service: str, operation: str | None, attempt: int):
+        if operation is None:
+            return contextlib.nullcontext()
+        return tracer.start_as_current_span(f"{service} {operation}", kind=trace.SpanKind.CLIENT,
+                                            attributes={"peer.service": service, "nimrag.attempt": attempt})
 
-    async def _post_json(self, service: str, url: str, body: dict) -> dict:
-        return await self._call(service, lambda: self._json_of(service, self.http.post(url, json=body)))
+    async def _get_json(self, service: str, operation: str, url: str) -> dict:
+        return await self._call(service, operation, lambda: self._json_of(service, self.http.get(url)))
+
+    async def _post_json(self, service: str, operation: str, url: str, body: dict) -> dict:
+        return await self._call(service, operation, lambda: self._json_of(service, self.http.post(url, json=body)))
 
     @staticmethod
     async def _json_of(service: str, request: Awaitable[httpx.Response]) -> dict:
@@ -197,7 +218,7 @@ class ServiceClients:
     # --- embeddings ---------------------------------------------------------------------------------------------
     async def embed(self, texts: list[str], input_type: str, backoff_budget_s: float = 0) -> np.ndarray:
         model = await self.model("embed")
-        reply = await self._call("embed", lambda: self.embed_client.embeddings.create(
+        reply = await self._call("embed", "embeddings", lambda: self.embed_client.embeddings.create(
             input=texts, model=model, encoding_format="float", extra_body={"input_type": input_type,
                                                                            "truncate": "END"}),
             backoff_budget_s)
@@ -208,7 +229,7 @@ class ServiceClients:
         """One relevance score per passage, in the passages' order (NIM's /v1/ranking)."""
         body = {"model": await self.model("rerank"), "query": {"text": query},
                 "passages": [{"text": p} for p in passages], "truncate": "END"}
-        data = await self._post_json("rerank", self.settings.rerank_url.rstrip("/") + "/ranking", body)
+        data = await self._post_json("rerank", "ranking", self.settings.rerank_url.rstrip("/") + "/ranking", body)
         scores = [0.0] * len(passages)
         for entry in data["rankings"]:
             scores[entry["index"]] = float(entry["logit"])
@@ -219,12 +240,19 @@ class ServiceClients:
         """Tokens the templated messages (or a bare text) take, and the model's context length (the LLM's
         /tokenize)."""
         body = {"messages": messages} if messages is not None else {"prompt": text}
-        data = await self._post_json("llm", _root(self.settings.llm_url) + "/tokenize", body)
+        data = await self._post_json("llm", "tokenize", _root(self.settings.llm_url) + "/tokenize", body)
         return data["count"], data["max_model_len"]
 
-    async def chat_stream(self, messages: list[dict], **params) -> AsyncIterator:
+    def chat_stream(self, messages: list[dict], **params) -> AsyncIterator:
+        """The LLM's answer chunks, under one CLIENT span from the request to the stream's end, the child of the
+        span current now (where the stream is made, not where it is read)."""
+        return traced_stream(tracer, "llm chat.completions", self._chat_chunks(messages, params),
+                             kind=trace.SpanKind.CLIENT, attributes={"peer.service": "llm"})
+
+    async def _chat_chunks(self, messages: list[dict], params: dict) -> AsyncIterator:
         model = params.pop("model", None) or await self.model("llm")
-        stream = await self._call("llm", lambda: self.llm_client.chat.completions.create(
+        trace.get_current_span().set_attribute("gen_ai.request.model", model)
+        stream = await self._call("llm", None, lambda: self.llm_client.chat.completions.create(
             model=model, messages=messages, stream=True, stream_options={"include_usage": True}, **params))
         try:
             async for chunk in stream:
@@ -236,7 +264,8 @@ class ServiceClients:
     async def health(self) -> dict[str, dict]:
         async def probe(name: str, url: str) -> tuple[str, dict]:
             try:
-                r = await self.http.get(_root(url) + "/v1/health/ready", timeout=5)
+                with self._client_span(name, "health", 1):
+                    r = await self.http.get(_root(url) + "/v1/health/ready", timeout=5)
                 return name, {"url": url, "status": "ready" if r.status_code == 200 else f"http {r.status_code}"}
             except httpx.HTTPError as exc:
                 return name, {"url": url, "status": f"unreachable: {type(exc).__name__}"}

@@ -3,6 +3,9 @@
 Several collections are searched as one: each adds its dense and lexical rankings to one fusion (ranks, not
 scores, so collections compare fairly), and the fused candidates of all of them are reranked together.
 Retrieval is the pipeline's own work; only the query embedding and the reranking go to the microservices.
+
+Spans: ``retrieval`` (the query's embedding, then ``retrieval.dense`` and ``retrieval.lexical`` per collection and
+``retrieval.fusion``), then ``rerank``, both children of the span current at the search (the request's).
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from opentelemetry import trace
 
 from pipeline.clients import ServiceClients
 from pipeline.documents import Chunk
 from pipeline.vectorstore.base import ChunkId, SearchHit, VectorCollection
 
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal rank fusion
+tracer = trace.get_tracer("nimrag.pipeline")
 
 
 @dataclass
@@ -75,29 +80,41 @@ class Retriever:
     async def search(self, collections: Sequence[VectorCollection], query: str, options: SearchOptions) -> SearchResult:
         """The best chunks of ``collections`` for ``query``; a chunk is keyed (collection's position, id)."""
         timings: dict[str, float] = {}
+        with tracer.start_as_current_span("retrieval", attributes={
+                "nimrag.retrieval.mode": options.mode, "nimrag.retrieval.collections": len(collections),
+                "nimrag.retrieval.top_k": options.vdb_top_k}) as span:
+            hits = await self._candidates(collections, query, options, timings)
+            span.set_attribute("nimrag.retrieval.candidates", len(hits))
+        if options.rerank and hits:
+            started = time.perf_counter()
+            with tracer.start_as_current_span("rerank", attributes={"nimrag.rerank.candidates": len(hits)}) as span:
+                scores = await self.clients.rerank(query, [h.chunk.text for h in hits])
+                timings["rerank_ms"] = elapsed_ms(started)
+                for hit, score in zip(hits, scores):
+                    hit.rerank_score = hit.score = score
+                hits = [h for h in sorted(hits, key=lambda h: -h.score) if h.score >= options.threshold]
+                span.set_attribute("nimrag.rerank.kept", len(hits))
+        return SearchResult(hits[: options.reranker_top_k], timings)
+
+    async def _candidates(self, collections: Sequence[VectorCollection], query: str, options: SearchOptions,
+                          timings: dict[str, float]) -> list[Hit]:
+        """Dense and lexical rankings of every collection, fused; the chunks of the best, in fused order."""
         started = time.perf_counter()
         vector, lexical = await asyncio.gather(
             self._query_vector(query, options),
             asyncio.gather(*[self._lexical(c, query, options) for c in collections]))
         dense = await asyncio.gather(*[self._dense(c, vector, options) for c in collections])
         timings["retrieval_ms"] = elapsed_ms(started)
-        rankings = [[(i, cid) for cid, _ in found] for per_kind in (dense, lexical)
-                    for i, found in enumerate(per_kind)]
-        dense_rank = {(i, cid): r for i, found in enumerate(dense) for r, (cid, _) in enumerate(found, 1)}
-        lexical_rank = {(i, cid): r for i, found in enumerate(lexical) for r, (cid, _) in enumerate(found, 1)}
-        keep = options.rerank_candidates if options.rerank else options.reranker_top_k
-        candidates = fuse([r for r in rankings if r])[:keep]
+        with tracer.start_as_current_span("retrieval.fusion"):
+            rankings = [[(i, cid) for cid, _ in found] for per_kind in (dense, lexical)
+                        for i, found in enumerate(per_kind)]
+            dense_rank = {(i, cid): r for i, found in enumerate(dense) for r, (cid, _) in enumerate(found, 1)}
+            lexical_rank = {(i, cid): r for i, found in enumerate(lexical) for r, (cid, _) in enumerate(found, 1)}
+            keep = options.rerank_candidates if options.rerank else options.reranker_top_k
+            candidates = fuse([r for r in rankings if r])[:keep]
         chunks = await self._chunks(collections, [key for key, _ in candidates])
-        hits = [Hit(collections[key[0]], key[1], chunks[key], score, dense_rank.get(key), lexical_rank.get(key))
+        return [Hit(collections[key[0]], key[1], chunks[key], score, dense_rank.get(key), lexical_rank.get(key))
                 for key, score in candidates if key in chunks]
-        if options.rerank and hits:
-            started = time.perf_counter()
-            scores = await self.clients.rerank(query, [h.chunk.text for h in hits])
-            timings["rerank_ms"] = elapsed_ms(started)
-            for hit, score in zip(hits, scores):
-                hit.rerank_score = hit.score = score
-            hits = [h for h in sorted(hits, key=lambda h: -h.score) if h.score >= options.threshold]
-        return SearchResult(hits[: options.reranker_top_k], timings)
 
     async def _query_vector(self, query: str, options: SearchOptions) -> np.ndarray | None:
         """The query's embedding (once, whatever the number of collections); none for a lexical search."""
@@ -108,13 +125,15 @@ class Retriever:
                      options: SearchOptions) -> list[SearchHit]:
         if vector is None:
             return []
-        return await collection.dense_search(vector, options.vdb_top_k, options.sources)
+        with tracer.start_as_current_span("retrieval.dense", attributes={"nimrag.collection": collection.name}):
+            return await collection.dense_search(vector, options.vdb_top_k, options.sources)
 
     @staticmethod
     async def _lexical(collection: VectorCollection, query: str, options: SearchOptions) -> list[SearchHit]:
         if options.mode == "dense":
             return []
-        return await collection.lexical_search(query, options.vdb_top_k, options.sources)
+        with tracer.start_as_current_span("retrieval.lexical", attributes={"nimrag.collection": collection.name}):
+            return await collection.lexical_search(query, options.vdb_top_k, options.sources)
 
     @staticmethod
     async def _chunks(collections: Sequence[VectorCollection],

@@ -53,17 +53,19 @@ class PipelineSettings(ServiceSettings):
                               "after it finished (or after the last heartbeat of a task nobody finished).")
     task_lease_s: float = Field(30.0, gt=0, description="Redis task store: a running task's lease, renewed every "
                                 "third of it; once it runs out (its replica died) the task reads interrupted.")
-    embed_url: str = "http://127.0.0.1:8001/v1"
-    rerank_url: str = "http://127.0.0.1:8002/v1"
-    llm_url: str = "http://127.0.0.1:8000/v1"
+    embed_url: str = Field("http://127.0.0.1:8001/v1", description="The embedding service's /v1 base URL.")
+    rerank_url: str = Field("http://127.0.0.1:8002/v1", description="The reranking service's /v1 base URL.")
+    llm_url: str = Field("http://127.0.0.1:8000/v1", description="The LLM service's /v1 base URL.")
     service_api_key: str = Field("", description="Bearer key the pipeline sends to the microservices.")
-    default_collection: str = "default"
+    default_collection: str = Field("default", description="The collection of requests that name none.")
     # Chunks are cut in the embedding model's tokens; all-MiniLM-L6-v2 reads at most 256.
-    chunk_size: int = Field(256, ge=16, le=8192)
-    chunk_overlap: int = Field(64, ge=0)
+    chunk_size: int = Field(256, ge=16, le=8192, description="Chunk length, in the embedding model's tokens, of "
+                            "uploads that do not say.")
+    chunk_overlap: int = Field(64, ge=0, description="Tokens consecutive chunks share, for uploads that do not "
+                               "say (at most a quarter of the chunk size).")
     vdb_top_k: int = Field(100, ge=1, le=1000, description="Candidates from each retriever (Blueprint's name).")
     reranker_top_k: int = Field(5, ge=1, le=100, description="Chunks kept after reranking (Blueprint's name).")
-    enable_reranker: bool = True
+    enable_reranker: bool = Field(True, description="Rerank the fused candidates unless the request says not to.")
     rerank_candidates: int = Field(40, ge=1, le=512, description="Fused candidates sent to the reranker.")
     max_collections_per_query: int = Field(5, ge=1, le=64, description="Collections one search or answer may "
                                            "name in collection_names (the Blueprint's limit is 5).")
@@ -71,15 +73,16 @@ class PipelineSettings(ServiceSettings):
     # 100% of Cranfield's own questions keep a passage, and 88% / 98% of other sets' questions asked of them get
     # "nothing relevant". A cross-encoder's logits need their own value.
     relevance_threshold: float = Field(0.45, description="Below this reranker score a chunk is not relevant.")
-    embed_batch_size: int = Field(64, ge=1, le=2048)
+    embed_batch_size: int = Field(64, ge=1, le=2048, description="Texts per embedding request while ingesting.")
     embed_concurrency: int = Field(4, ge=1, le=64, description="Embedding requests in flight while ingesting.")
     guardrails_enabled: bool = Field(True, description="Run a guardrails policy on every answer unless the "
                                      "request turns it off.")
     guardrails_default_policy: str = Field("default", description="The policy of requests that name none.")
     max_tokens: int = Field(512, ge=1, description="Answer length when the request does not say.")
-    temperature: float = Field(0.2, ge=0, le=2)
+    temperature: float = Field(0.2, ge=0, le=2, description="Sampling temperature of answers when the request "
+                               "does not say.")
     max_body_bytes: int = Field(100 * 1024 * 1024, ge=1024, description="Largest request (uploads) before 413.")
-    max_files_per_upload: int = Field(100, ge=1)
+    max_files_per_upload: int = Field(100, ge=1, description="Most files in one upload (then 400 too_many_files).")
     max_form_field_bytes: int = Field(1024 * 1024, ge=1024, description="Largest form field of an upload other "
                                       "than its files (the options in 'data').")
     # Parsing decompresses (DOCX is a ZIP, PDF streams are deflated): a 1 MB file can inflate to gigabytes.
@@ -90,7 +93,8 @@ class PipelineSettings(ServiceSettings):
     max_concurrent_parses: int = Field(2, ge=1, le=64, description="Documents parsed at once (each may hold up to "
                                        "max_inflated_bytes while parsed); the others wait.")
     max_question_chars: int = Field(8192, ge=1)
-    request_timeout_s: float = Field(300, gt=0)
+    request_timeout_s: float = Field(300, gt=0, description="The longest one call to a microservice may take "
+                                     "(then 504).")
     dependency_retries: int = Field(2, ge=0, le=10, description="Tries again when a microservice is unreachable "
                                     "or busy (429/503) and asks for a wait of at most dependency_retry_max_wait_s.")
     dependency_retry_max_wait_s: float = Field(2.0, ge=0, description="Longer waits go back to the client as "

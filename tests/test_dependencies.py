@@ -27,7 +27,8 @@ PACKAGES = ("nimrag", "services", "pipeline", "guardrails")
 # Imports that work only with an extra installed: top-level module -> the extra that must declare it. Everything
 # else a package imports must be in `dependencies`.
 OPTIONAL_IMPORTS = {
-    "tritonclient": "gpu",  # the TensorRT-LLM engine's Triton client, imported only when that engine starts
+    # the Triton backends' client, imported only when a Triton profile starts (also in the gpu extra)
+    "tritonclient": "triton-client",
     "pytriton": "triton",  # `nimrag triton serve`, imported only when it runs
     "langchain_core": "langchain",  # pipeline/langchain.py: the LangChain retriever and chain, imported by no service
     # the Milvus vector store (pipeline/vectorstore/milvus), imported only when NIMRAG_PIPELINE_VECTOR_STORE=milvus

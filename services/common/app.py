@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import platform
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import PlainTextResponse, Response
 
+from services.common.docs import install_offline_docs
 from services.common.errors import install_error_handlers
 from services.common.hardware import HardwareInfo, probe
 from services.common.memory import MemoryBound
@@ -34,13 +36,21 @@ def package_version() -> str:
         return "0.0.0+local"
 
 
+def fastapi_options() -> dict:
+    """What every app passes to FastAPI(): its own request tracing off where it has one (0.165 and later trace
+    once an SDK provider is set). RequestContextMiddleware makes each request's one SERVER span, the caller's
+    child, on every FastAPI version; FastAPI's would be a second one beside it."""
+    native = "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    return {"telemetry": {"tracing": False}} if native else {}
+
+
 def get_serving(request: Request) -> ModelServing:
     return request.app.state.serving
 
 
 def probe_router(check_ready=None) -> APIRouter:
     """What every service answers, model or not: liveness, readiness (``check_ready(request)`` raises while not
-    ready), version and metrics."""
+    ready), version and metrics (at /v1/metrics and /metrics)."""
     router = APIRouter()
 
     @router.get("/v1/health/live")
@@ -57,10 +67,13 @@ def probe_router(check_ready=None) -> APIRouter:
     async def version() -> dict:
         return {"release": package_version(), "api": API_VERSION}
 
-    @router.get("/v1/metrics", response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
         body = request.app.state.metrics.render()
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # NIM's path, and the one Prometheus scrapes unless told otherwise: the same exposition.
+    for path in ("/v1/metrics", "/metrics"):
+        router.add_api_route(path, metrics, methods=["GET"], response_class=PlainTextResponse)
 
     return router
 
@@ -122,7 +135,7 @@ def create_service_app(*, title: str, settings: ServiceSettings, serving: ModelS
             await serving.stop()
             await memory.stop()
 
-    app = FastAPI(title=title, version=package_version(), lifespan=lifespan)
+    app = FastAPI(title=title, version=package_version(), lifespan=lifespan, **fastapi_options())
     app.state.settings = settings
     app.state.serving = serving
     app.state.metrics = metrics
@@ -132,6 +145,7 @@ def create_service_app(*, title: str, settings: ServiceSettings, serving: ModelS
     for router in routers:
         app.include_router(router)
     install_openapi(app, model_endpoint_errors({route.path for router in routers for route in router.routes}))
+    install_offline_docs(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, api_keys=settings.api_key_list,
                        max_body_bytes=settings.max_body_bytes, tracer=make_tracer(serving.service))
     return app

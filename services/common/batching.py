@@ -8,6 +8,10 @@ Admission is bounded twice, each with its own 429 and Retry-After: by queue dept
 by expected wait (:class:`QueueWaitTooLongError`): work ahead of a request, in cost units, over the measured
 throughput, must finish within ``max_queue_wait_s``, so the service never accepts work it will not finish before
 clients give up.
+
+Each engine batch is a span (``<service> batch``). A batch serves items of many requests, and a span has one
+parent: it is parented on the first request it serves (so a trace of one request shows its batch), and linked to
+every request it serves (each link carries that request's item count), so each request's trace reaches it too.
 """
 
 from __future__ import annotations
@@ -15,18 +19,21 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from opentelemetry import context, trace
+
 from services.common.errors import QueueFullError, QueueWaitTooLongError
 from services.common.metrics import ServiceMetrics
 
 T = TypeVar("T")
 R = TypeVar("R")
+module_tracer = trace.get_tracer("nimrag.batching")
 
 
 @dataclass
@@ -34,6 +41,7 @@ class _Entry(Generic[T, R]):
     items: Sequence[T]
     costs: Sequence[int]
     future: asyncio.Future
+    trace_context: context.Context = field(default_factory=context.get_current)  # the submitting request's
     results: list[Any] = field(default_factory=list)
     remaining: int = 0
 
@@ -131,7 +139,7 @@ class DynamicBatcher(Generic[T, R]):
     """Merges items from concurrent requests into engine batches; ``run_batch`` is called in one worker thread."""
 
     def __init__(self, run_batch: Callable[[list[T]], Sequence[R]], limits: BatchLimits,
-                 metrics: ServiceMetrics | None = None, name: str = "engine"):
+                 metrics: ServiceMetrics | None = None, name: str = "engine", tracer: trace.Tracer | None = None):
         self._run_batch = run_batch
         self.limits = limits
         self._metrics = metrics
@@ -142,6 +150,8 @@ class DynamicBatcher(Generic[T, R]):
         self.throughput = ThroughputEstimator()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-batch")
+        self.name = name
+        self._tracer = tracer or module_tracer
         self._task: asyncio.Task | None = None
 
     @property
@@ -248,7 +258,8 @@ class DynamicBatcher(Generic[T, R]):
         fill = max(len(members) / self.limits.max_items, padded / self.limits.max_tokens)
         started = time.perf_counter()
         try:
-            with self.throughput.measure(cost, fill, since=self._busy_since):
+            with self._batch_span(members, cost, padded), \
+                    self.throughput.measure(cost, fill, since=self._busy_since):
                 results = await loop.run_in_executor(self._executor, self._run_batch,
                                                      [e.items[i] for e, i in members])
         except Exception as exc:  # engine failure: fail this batch's requests, keep serving
@@ -266,3 +277,14 @@ class DynamicBatcher(Generic[T, R]):
             e.remaining -= 1
             if e.remaining == 0 and not e.future.done():
                 e.future.set_result(e.results)
+
+    def _batch_span(self, members: list[tuple[_Entry, int]], cost: int, padded: int):
+        """The batch's span: the child of the first request it serves, linked to each (see the module's doc)."""
+        entries = {id(entry): entry for entry, _ in members}  # in order of first item
+        counts = Counter(id(entry) for entry, _ in members)
+        links = [trace.Link(trace.get_current_span(entry.trace_context).get_span_context(),
+                            {"nimrag.batch.request_items": counts[key]}) for key, entry in entries.items()]
+        return self._tracer.start_as_current_span(
+            f"{self.name} batch", context=members[0][0].trace_context, links=links,
+            attributes={"nimrag.batch.items": len(members), "nimrag.batch.requests": len(entries),
+                        "nimrag.batch.tokens": cost, "nimrag.batch.padded_tokens": padded})

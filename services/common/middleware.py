@@ -1,5 +1,6 @@
 """One pure-ASGI middleware for what every request needs: request id, API key, body size limit, metrics, access
-log and a trace span. Pure ASGI rather than BaseHTTPMiddleware: it costs microseconds and streams untouched."""
+log and a trace span (the child of the caller's, when it sent a W3C ``traceparent``). Pure ASGI rather than
+BaseHTTPMiddleware: it costs microseconds and streams untouched."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from services.common.errors import APIError, AuthenticationError, PayloadTooLarg
 from services.common.fields import IGNORED_FIELDS_HEADER, ignored_fields_var, ignored_header_value
 from services.common.logs import request_id_var
 from services.common.metrics import ServiceMetrics
+from services.common.tracing import extract_asgi
 
 # Endpoints an orchestrator probes without credentials.
 OPEN_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/v1/health"})
@@ -55,6 +57,7 @@ class RequestContextMiddleware:
         self.metrics.in_flight.inc()
         try:
             with self.tracer.start_as_current_span(f"{scope['method']} {scope['path']}",
+                                                   context=extract_asgi(scope["headers"]),
                                                    kind=trace.SpanKind.SERVER) as span:
                 span.set_attribute("nimrag.request_id", request_id)
                 rejection = self._check_auth(scope["path"], headers)

@@ -54,8 +54,8 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="NIMRAG_", extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0: every interface).")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
     api_keys: str = Field("", description="Comma-separated Bearer keys; empty means no key is required.")
     profile: str | None = Field(None, description="Pin an optimization profile by id (NIM_MODEL_PROFILE).")
     served_model_name: str | None = Field(None, description="Name clients use for the model (NIM_SERVED_MODEL_NAME).")
@@ -73,8 +73,8 @@ class ServiceSettings(BaseSettings):
     malloc_arena_max: int = Field(2, ge=1, description="With the bound: most glibc malloc arenas.")
     memory_trim_interval_s: float = Field(10.0, gt=0, description="With the bound: seconds between looks at "
                                           "the CPU time; the first idle interval after a busy one trims.")
-    log_level: str = "INFO"
-    json_logs: bool = True
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    json_logs: bool = Field(True, description="Log JSON lines on stderr; false: readable text.")
 
     @field_validator("log_level")
     @classmethod

@@ -3,6 +3,9 @@
 Each choice of each request takes one engine slot (``max_num_seqs``); requests beyond the free slots wait, up to
 ``max_queue_items``, then get 429. Engine calls block, so they run in worker threads; pieces of text come back to
 the event loop through a queue, and a client that goes away sets the flag the engine checks after every piece.
+
+Each choice is a span (``llm decode``, a child of the request's) from its wait for a slot to its last token: the
+engines batch continuously inside (llama.cpp, TensorRT-LLM), with no batch boundary a span could mark.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import orjson
+from opentelemetry import trace
 
 from services.common.errors import (
     APIError,
@@ -29,6 +33,7 @@ from services.common.hardware import HardwareInfo
 from services.common.metrics import ServiceMetrics
 from services.common.profiles import ProfileChoice
 from services.common.serving import ModelServing
+from services.common.tracing import traced_stream
 from services.llm.engines import create_engine
 from services.llm.engines.base import (
     EngineInfo,
@@ -51,6 +56,8 @@ from services.llm.sampling import (
     sampling_params,
 )
 from services.llm.settings import LLMSettings
+
+tracer = trace.get_tracer("nimrag.llm")
 
 
 @dataclass
@@ -87,7 +94,7 @@ class LLMServing(ModelServing):
         self.engine = create_engine(choice.profile, model, settings, hardware)
         self.upstream = self.engine.upstream
         self.info: EngineInfo | None = None
-        self.llm_metrics = LLMMetrics(metrics)
+        self.llm_metrics = LLMMetrics(metrics, self.served_model_name)
         self._slots: asyncio.Semaphore | None = None
         self._running = 0
         self._waiting = 0
@@ -104,6 +111,7 @@ class LLMServing(ModelServing):
     async def on_loaded(self) -> None:
         self._slots = asyncio.Semaphore(self.info.slots)
         self._executor = ThreadPoolExecutor(self.info.slots, thread_name_prefix="llm-decode")
+        self.llm_metrics.engine_loaded(self.info.slots)
 
     async def stop(self) -> None:
         if self._executor:
@@ -190,7 +198,7 @@ class LLMServing(ModelServing):
         except BaseException as exc:
             self._failed(exc)
             raise
-        self._finished(results.values(), timing)
+        self._finished(results.values(), timing, sum(answer.prompt_tokens))
         return answer.full(results), False
 
     async def _stream(self, jobs: list[Job], answer, timing: RequestTiming) -> AsyncIterator[bytes]:
@@ -216,7 +224,7 @@ class LLMServing(ModelServing):
             self._failed(exc)
             raise
         else:
-            self._finished(results.values(), timing)
+            self._finished(results.values(), timing, sum(answer.prompt_tokens))
         yield b"data: [DONE]\n\n"
 
     def _admit(self, sequences: int) -> None:
@@ -229,7 +237,7 @@ class LLMServing(ModelServing):
         reason = "cancelled" if isinstance(exc, (asyncio.CancelledError, GeneratorExit)) else type(exc).__name__
         self.llm_metrics.failure.labels(reason).inc()
 
-    def _finished(self, results, timing: RequestTiming) -> None:
+    def _finished(self, results, timing: RequestTiming, prompt_tokens: int) -> None:
         m = self.llm_metrics
         now = time.perf_counter()
         tokens = 0
@@ -237,6 +245,7 @@ class LLMServing(ModelServing):
             tokens += result.finish.completion_tokens
             m.success.labels(result.finish.reason).inc()
         m.generation_tokens.inc(tokens)
+        m.request_finished(prompt_tokens, tokens)
         m.e2e.observe(now - timing.arrived)
         if timing.first_token is not None:
             m.ttft.observe(timing.first_token - timing.arrived)
@@ -274,7 +283,13 @@ class LLMServing(ModelServing):
             for task in tasks:
                 task.cancel()
 
-    async def _decode(self, job: Job, timing: RequestTiming) -> AsyncIterator[TextDelta | Finished]:
+    def _decode(self, job: Job, timing: RequestTiming) -> AsyncIterator[TextDelta | Finished]:
+        """One choice's events, under its span (a child of the span current now: the request's)."""
+        return traced_stream(tracer, "llm decode", self._decode_events(job, timing), attributes={
+            "nimrag.llm.choice": job.index, "gen_ai.usage.input_tokens": len(job.prompt),
+            "gen_ai.request.max_tokens": job.params.max_tokens})
+
+    async def _decode_events(self, job: Job, timing: RequestTiming) -> AsyncIterator[TextDelta | Finished]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
@@ -291,6 +306,7 @@ class LLMServing(ModelServing):
             loop.call_soon_threadsafe(events.put_nowait, result)
 
         await self._acquire_slot()
+        trace.get_current_span().add_event("slot acquired")
         future = loop.run_in_executor(self._executor, run)
         future.add_done_callback(self._release_slot)  # the slot is free once the engine has let go
         try:
@@ -303,6 +319,10 @@ class LLMServing(ModelServing):
                     raise InternalError(f"The engine failed: {type(event).__name__}")
                 if timing.first_token is None:
                     timing.first_token = time.perf_counter()
+                if isinstance(event, Finished):
+                    trace.get_current_span().set_attributes({
+                        "gen_ai.usage.output_tokens": event.completion_tokens,
+                        "gen_ai.response.finish_reasons": [event.reason]})
                 yield event
                 if isinstance(event, Finished):
                     return

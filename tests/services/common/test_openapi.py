@@ -126,8 +126,10 @@ def test_streaming_endpoints_document_server_sent_events(documents):
 
 
 def test_metrics_are_documented_as_text(documents):
-    content = documents["embed"]["paths"]["/v1/metrics"]["get"]["responses"]["200"]["content"]
-    assert list(content) == ["text/plain"]
+    for service in ("embed", "pipeline"):
+        for path in ("/v1/metrics", "/metrics"):  # NIM's path, and where scrapers look by default
+            content = documents[service]["paths"][path]["get"]["responses"]["200"]["content"]
+            assert list(content) == ["text/plain"], (service, path)
 
 
 def test_upload_form_is_described(documents):
