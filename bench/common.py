@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from services.common.hardware import HardwareInfo
-from services.common.profiles import Profile, evaluate, select_profile
-from services.common.settings import default_cache_path
+from nimrag.services.common.hardware import HardwareInfo
+from nimrag.services.common.profiles import Profile, evaluate, select_profile
+from nimrag.services.common.settings import default_cache_path
 
 REPO = Path(__file__).resolve().parent.parent
 SCIFACT = REPO.parent / "shared" / "eval" / "scifact"

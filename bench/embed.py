@@ -20,19 +20,40 @@ import time
 from pathlib import Path
 
 import orjson
+from nimrag.services.common.batching import plan_batches
+from nimrag.services.common.encoder_profiles import ENCODER_PROFILES
+from nimrag.services.common.hardware import HardwareInfo, probe
+from nimrag.services.common.profiles import Profile, evaluate
+from nimrag.services.embed.engines import create_engine
+from nimrag.services.embed.model import EmbeddingModelInfo, load_model_info
+from nimrag.services.embed.settings import EmbedSettings
+from nimrag.services.embed.tokenization import TextTokenizer
 
-from bench.common import (RESULTS, SCIFACT, HttpLoad, InProcessResult, LoadResult, Ratio, Service, Workload,
-                          args_as_json, bench_http, benchmark_parser, generated_texts, int_list, levels_by_label,
-                          machine_line, post_request, print_ratios, print_table, read_jsonl, run_main,
-                          scaling_ratio, served_profiles, write_results)
-from services.common.batching import plan_batches
-from services.common.hardware import HardwareInfo, probe
-from services.common.profiles import Profile, evaluate
-from services.embed.engines import create_engine
-from services.embed.model import EmbeddingModelInfo, load_model_info
-from services.common.encoder_profiles import ENCODER_PROFILES
-from services.embed.settings import EmbedSettings
-from services.embed.tokenization import TextTokenizer
+from bench.common import (
+    RESULTS,
+    SCIFACT,
+    HttpLoad,
+    InProcessResult,
+    LoadResult,
+    Ratio,
+    Service,
+    Workload,
+    args_as_json,
+    bench_http,
+    benchmark_parser,
+    generated_texts,
+    int_list,
+    levels_by_label,
+    machine_line,
+    post_request,
+    print_ratios,
+    print_table,
+    read_jsonl,
+    run_main,
+    scaling_ratio,
+    served_profiles,
+    write_results,
+)
 
 TARGETS = {"http_vs_torch": 0.9, "best_cpu_vs_torch": 1.5, "http_scaling": 4.0}
 JSON_KEYS = {"items_per_s": "texts_per_s", "label": "profile"}  # the names results have always had

@@ -50,6 +50,12 @@ from pathlib import Path
 import faiss
 import httpx
 import numpy as np
+from nimrag.pipeline.clients import ServiceClients
+from nimrag.pipeline.documents import Chunk, Page, ParsedDocument
+from nimrag.pipeline.ingest import FILES_IN_FLIGHT, Ingestor
+from nimrag.pipeline.settings import PipelineSettings
+from nimrag.pipeline.vectorstore.faiss import Catalog
+from nimrag.services.common.hardware import probe
 
 from bench.common import (
     REPO,
@@ -65,12 +71,6 @@ from bench.common import (
 from bench.retrieval_quality import ServicesMeter, selected_profile
 from nimrag.platform import Platform
 from nimrag.rag_cli import UPLOAD_BATCH_FILES
-from pipeline.clients import ServiceClients
-from pipeline.documents import Chunk, Page, ParsedDocument
-from pipeline.ingest import FILES_IN_FLIGHT, Ingestor
-from pipeline.settings import PipelineSettings
-from pipeline.vectorstore.faiss import Catalog
-from services.common.hardware import probe
 
 INGEST_TARGET = 0.8
 SYNTHETIC_TEXT_CHARS = 1100

@@ -25,19 +25,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+from nimrag.services.common.batching import plan_batches
+from nimrag.services.common.hardware import HardwareInfo, probe
+from nimrag.services.common.profiles import Profile
+from nimrag.services.embed.model import default_model_path
+from nimrag.services.rerank.model import RerankModelInfo, load_model_info
+from nimrag.services.rerank.profiles import RERANK_PROFILES
+from nimrag.services.rerank.scorers import Prepared, Scorer, create_scorer
+from nimrag.services.rerank.settings import RerankSettings
 
-from bench.common import (RESULTS, SCIFACT, HttpLoad, InProcessResult, LoadResult, Ratio, Service, Workload,
-                          args_as_json, bench_http, benchmark_parser, generated_texts, levels_by_label,
-                          machine_line, post_request, print_ratios, print_table, read_jsonl, run_main,
-                          scaling_ratio, served_profiles, write_results)
-from services.common.batching import plan_batches
-from services.common.hardware import HardwareInfo, probe
-from services.common.profiles import Profile
-from services.embed.model import default_model_path
-from services.rerank.model import RerankModelInfo, load_model_info
-from services.rerank.profiles import RERANK_PROFILES
-from services.rerank.scorers import Prepared, Scorer, create_scorer
-from services.rerank.settings import RerankSettings
+from bench.common import (
+    RESULTS,
+    SCIFACT,
+    HttpLoad,
+    InProcessResult,
+    LoadResult,
+    Ratio,
+    Service,
+    Workload,
+    args_as_json,
+    bench_http,
+    benchmark_parser,
+    generated_texts,
+    levels_by_label,
+    machine_line,
+    post_request,
+    print_ratios,
+    print_table,
+    read_jsonl,
+    run_main,
+    scaling_ratio,
+    served_profiles,
+    write_results,
+)
 
 TARGETS = {"http_vs_inprocess": 0.9}
 JSON_KEYS = {"items_per_s": "pairs_per_s"}

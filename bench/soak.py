@@ -35,13 +35,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import orjson
+from nimrag.services.common.hardware import probe
+from nimrag.services.common.memory import MIB, resident_bytes
+from nimrag.services.common.settings import default_cache_path
 
-from bench.common import (HOST, RESULTS, Service, args_as_json, machine_line, one_request, post_request,
-                          process_cpu_seconds, run_async, run_main)
+from bench.common import (
+    HOST,
+    RESULTS,
+    Service,
+    args_as_json,
+    machine_line,
+    one_request,
+    post_request,
+    process_cpu_seconds,
+    run_async,
+    run_main,
+)
 from bench.llm import source_texts
-from services.common.hardware import probe
-from services.common.memory import MIB, resident_bytes
-from services.common.settings import default_cache_path
 
 SERVICES = ("embed", "rerank", "llm")
 BAD_SHARE = 0.1

@@ -38,6 +38,11 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from nimrag.pipeline.documents import Chunk, Page, ParsedDocument
+from nimrag.pipeline.retrieval import Retriever, SearchOptions
+from nimrag.pipeline.settings import PipelineSettings
+from nimrag.services.common.hardware import probe
+from nimrag.services.common.settings import default_cache_path
 
 from bench.common import (
     REPO,
@@ -61,11 +66,6 @@ from bench.pipeline import (
     synthetic_vectors,
 )
 from bench.retrieval_quality import selected_profile
-from pipeline.documents import Chunk, Page, ParsedDocument
-from pipeline.retrieval import Retriever, SearchOptions
-from pipeline.settings import PipelineSettings
-from services.common.hardware import probe
-from services.common.settings import default_cache_path
 
 STORES = ("faiss", "milvus", "milvus-server")
 BASELINE = "faiss"
@@ -165,7 +165,7 @@ async def timed(calls, server_pid: int | None) -> dict:
 async def measure_store(settings: PipelineSettings, size: int, texts: list[str], base: np.ndarray,
                         claims: list[str], queries: np.ndarray, server_pid: int | None) -> dict:
     """One store at one size: build the collection, time the three searches, delete it."""
-    from pipeline.vectorstore import open_vector_store
+    from nimrag.pipeline.vectorstore import open_vector_store
 
     k = settings.vdb_top_k
     hybrid = SearchOptions(vdb_top_k=k, reranker_top_k=k, rerank=False, rerank_candidates=k,

@@ -20,15 +20,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+from nimrag.services.common.hardware import probe
+from nimrag.services.llm.model import DEFAULT_MODEL_NAME as LLM_MODEL
+from nimrag.services.rerank.model import DEFAULT_MODEL_NAME as ENCODER_MODEL
 
-from bench.common import (HttpLoad, LoadResult, Ratio, Service, args_as_json, bench_http, benchmark_parser,
-                          generated_texts, machine_line, post_request, print_ratios, print_table, run_main,
-                          write_results)
+from bench.common import (
+    HttpLoad,
+    LoadResult,
+    Ratio,
+    Service,
+    args_as_json,
+    bench_http,
+    benchmark_parser,
+    generated_texts,
+    machine_line,
+    post_request,
+    print_ratios,
+    print_table,
+    run_main,
+    write_results,
+)
 from bench.embed import embedding_load, load_texts
 from bench.rerank import load_requests, ranking_load
-from services.common.hardware import probe
-from services.llm.model import DEFAULT_MODEL_NAME as LLM_MODEL
-from services.rerank.model import DEFAULT_MODEL_NAME as ENCODER_MODEL
 
 SERVICES = ("embed", "rerank", "llm")
 UNITS = {"embed": "texts", "rerank": "pairs", "llm": "completions"}  # a completion: --max-tokens tokens
@@ -98,9 +111,10 @@ def parse_args(argv: list[str] | None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nimrag.services.llm.model import default_model_path
+
     from tests.services.conftest import start_triton_host, stop_triton_host
     from tests.services.llm.conftest import gguf_tokenizer
-    from services.llm.model import default_model_path
 
     args = parse_args(argv)
     hw = probe()

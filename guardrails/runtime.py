@@ -27,16 +27,15 @@ import yaml
 from nemoguardrails import LLMRails, RailsConfig
 from nemoguardrails.rails.llm.config import Model
 from nemoguardrails.rails.llm.options import RailStatus, RailType
+from nimrag.guardrails.actions import RAIL_MS, PolicySettings, RailActions
+from nimrag.guardrails.detectors import Embed, StreamMasker
+from nimrag.guardrails.policy_yaml import load_yaml
+from nimrag.services.common.tracing import traced_stream
 from opentelemetry import trace
 from pydantic import ValidationError
 
-from guardrails.actions import RAIL_MS, PolicySettings, RailActions
-from guardrails.detectors import Embed, StreamMasker
-from guardrails.policy_yaml import load_yaml
-from services.common.tracing import traced_stream
-
 if TYPE_CHECKING:
-    from guardrails.store import PolicyStore
+    from nimrag.guardrails.store import PolicyStore
 
 PACKAGE = Path(__file__).resolve().parent
 DEFAULT_POLICY_DIR = PACKAGE / "policies" / "default"

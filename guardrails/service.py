@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 
-from guardrails.runtime import Endpoints
-from guardrails.store import (
+from nimrag.guardrails.runtime import Endpoints
+from nimrag.guardrails.store import (
     InvalidPolicyFiles,
     InvalidPolicyId,
     Policy,
@@ -21,8 +21,8 @@ from guardrails.store import (
     VersionNotFound,
     check_policy_id,
 )
-from guardrails.validation import DEFAULT_MAX_POLICY_BYTES, validate_policy
-from services.common.errors import (
+from nimrag.guardrails.validation import DEFAULT_MAX_POLICY_BYTES, validate_policy
+from nimrag.services.common.errors import (
     APIError,
     ConflictError,
     InvalidRequestError,

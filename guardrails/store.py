@@ -13,7 +13,7 @@ next writer (holding the lock, so no other writer is midway) removes both. Reade
 pointer and then the immutable version it names, so a read-only store (``read_only=True``: a replica on a read-only
 mount, editing through one writer elsewhere) serves each change of the writer at once and never writes. Versions
 are never edited; a rollback writes a new version with the old files. Validation is the caller's job
-(guardrails.service): the store only guards its own paths.
+(nimrag.guardrails.service): the store only guards its own paths.
 """
 
 from __future__ import annotations
@@ -33,10 +33,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
-
-from guardrails.policy_yaml import load_yaml
-from services.common.errors import StartupError
-from services.common.files import fsync_dir, write_atomically, write_synced
+from nimrag.guardrails.policy_yaml import load_yaml
+from nimrag.services.common.errors import StartupError
+from nimrag.services.common.files import fsync_dir, write_atomically, write_synced
 
 POLICY_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # no leading dot: nothing hidden, never '..'
@@ -230,7 +229,7 @@ class PolicyStore:
     def _seed_default(self, default_dir: Path | None) -> None:
         if (self.root / DEFAULT_POLICY_ID / POINTER_FILE).is_file():
             return
-        from guardrails.runtime import DEFAULT_POLICY_DIR, read_policy_dir  # NeMo is loaded only when seeding
+        from nimrag.guardrails.runtime import DEFAULT_POLICY_DIR, read_policy_dir  # NeMo is loaded only when seeding
 
         files = read_policy_dir(default_dir or DEFAULT_POLICY_DIR)
         with contextlib.suppress(PolicyExists):  # another process seeded it meanwhile

@@ -8,10 +8,9 @@ import re
 from collections.abc import Mapping
 
 import yaml
-
-from guardrails import runtime
-from guardrails.policy_yaml import load_yaml
-from guardrails.runtime import Endpoints, PolicyError, load_policy
+from nimrag.guardrails import runtime
+from nimrag.guardrails.policy_yaml import load_yaml
+from nimrag.guardrails.runtime import Endpoints, PolicyError, load_policy
 
 MAX_FILES = 32
 MAX_FILE_BYTES = 256 * 1024

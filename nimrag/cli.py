@@ -29,13 +29,13 @@ class ServiceEntry:
 
 
 SERVICES: dict[str, ServiceEntry] = {
-    "embed": ServiceEntry("services.embed.settings:EmbedSettings",
-                          "services.embed.profiles:EMBED_PROFILES", "services.embed.app:create_app"),
-    "llm": ServiceEntry("services.llm.settings:LLMSettings", "services.llm.profiles:LLM_PROFILES",
-                        "services.llm.app:create_app"),
-    "pipeline": ServiceEntry("pipeline.settings:PipelineSettings", None, "pipeline.app:create_app"),
-    "rerank": ServiceEntry("services.rerank.settings:RerankSettings",
-                           "services.rerank.profiles:RERANK_PROFILES", "services.rerank.app:create_app"),
+    "embed": ServiceEntry("nimrag.services.embed.settings:EmbedSettings",
+                          "nimrag.services.embed.profiles:EMBED_PROFILES", "nimrag.services.embed.app:create_app"),
+    "llm": ServiceEntry("nimrag.services.llm.settings:LLMSettings", "nimrag.services.llm.profiles:LLM_PROFILES",
+                        "nimrag.services.llm.app:create_app"),
+    "pipeline": ServiceEntry("nimrag.pipeline.settings:PipelineSettings", None, "nimrag.pipeline.app:create_app"),
+    "rerank": ServiceEntry("nimrag.services.rerank.settings:RerankSettings",
+                           "nimrag.services.rerank.profiles:RERANK_PROFILES", "nimrag.services.rerank.app:create_app"),
 }
 
 
@@ -49,9 +49,9 @@ def _offline_env() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from services.common.errors import StartupError
-    from services.common.logs import configure_logging
-    from services.common.parent import watch_parent
+    from nimrag.services.common.errors import StartupError
+    from nimrag.services.common.logs import configure_logging
+    from nimrag.services.common.parent import watch_parent
 
     _offline_env()
     entry = SERVICES[args.service]
@@ -71,8 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_profiles_list(args: argparse.Namespace) -> int:
-    from services.common.hardware import probe
-    from services.common.profiles import ProfileError, evaluate, select_profile
+    from nimrag.services.common.hardware import probe
+    from nimrag.services.common.profiles import ProfileError, evaluate, select_profile
 
     hw = probe()
     names = [args.service] if args.service else [n for n, e in SERVICES.items() if e.profiles]
@@ -108,8 +108,8 @@ def cmd_profiles_list(args: argparse.Namespace) -> int:
 
 
 def cmd_triton_serve(args: argparse.Namespace) -> int:
-    from services.common.errors import StartupError
-    from services.common.logs import configure_logging
+    from nimrag.services.common.errors import StartupError
+    from nimrag.services.common.logs import configure_logging
 
     _offline_env()
     configure_logging("INFO", json_logs=False)
@@ -171,7 +171,7 @@ def _demo(platform) -> None:
 
 
 def _pipeline_client(args: argparse.Namespace) -> tuple[str, dict]:
-    from pipeline.settings import PipelineSettings
+    from nimrag.pipeline.settings import PipelineSettings
 
     settings = load_settings(PipelineSettings)
     url = args.url or f"http://127.0.0.1:{settings.port}"
@@ -247,7 +247,7 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="print the installed nimrag version and exit")
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from services.common.app import package_version
+        from nimrag.services.common.app import package_version
 
         print(f"nimrag {package_version()}")
         parser.exit()

@@ -17,7 +17,7 @@ from typing import Literal, Union, get_args, get_origin
 from pydantic.fields import FieldInfo
 
 from nimrag.cli import SERVICES, _load
-from services.common.settings import NIM_ENV_NAMES, ServiceSettings
+from nimrag.services.common.settings import NIM_ENV_NAMES, ServiceSettings
 
 UPDATE_COMMAND = "nimrag config-reference --output docs/configuration.md"
 TYPE_NAMES = {int: "int", float: "float", str: "string", bool: "bool", Path: "path"}
@@ -25,7 +25,8 @@ TITLES = {"embed": "Embedding service", "rerank": "Reranking service", "llm": "L
           "pipeline": "RAG pipeline"}
 
 # Settings a service accepts (inherited from ServiceSettings) but none of its code reads; kept by hand. The LLM
-# schedules sequences itself, without the shared batcher (services.common.serving.BatchedServing) of embed and rerank.
+# schedules sequences itself, without the shared batcher (nimrag.services.common.serving.BatchedServing) of
+# embed and rerank.
 UNUSED_FIELDS = {
     "llm": ("cache_path", "max_batch_items", "max_batch_wait_ms", "max_queue_wait_s"),
     "pipeline": ("profile", "served_model_name", "cache_path", "max_queue_items", "max_batch_items",
@@ -35,8 +36,8 @@ UNUSED_FIELDS = {
 
 # How a default computed at start-up reads: "module.function" of the default_factory -> text.
 FACTORY_DEFAULTS = {
-    "services.common.settings.default_cache_path": "`$XDG_CACHE_HOME/nimrag`, else `~/.cache/nimrag`",
-    "pipeline.settings.default_data_path": "`$XDG_DATA_HOME/nimrag`, else `~/.local/share/nimrag`",
+    "nimrag.services.common.settings.default_cache_path": "`$XDG_CACHE_HOME/nimrag`, else `~/.cache/nimrag`",
+    "nimrag.pipeline.settings.default_data_path": "`$XDG_DATA_HOME/nimrag`, else `~/.local/share/nimrag`",
 }
 
 

@@ -19,7 +19,7 @@ import orjson
 
 SHOWN_LEVELS = {"WARNING", "ERROR", "CRITICAL"}
 COLOURS = {"embed": 34, "rerank": 35, "llm": 32, "pipeline": 36}
-# services.common.logs' text format: "2025-01-31 12:00:00,123 WARNING logger.name: message"
+# nimrag.services.common.logs' text format: "2025-01-31 12:00:00,123 WARNING logger.name: message"
 TEXT_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?P<level>[A-Z]+) ")
 
 

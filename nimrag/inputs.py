@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from nimrag.errors import CLIError, Exit
-from pipeline.ingest import checked_document_name
-from pipeline.loaders import iter_input_paths
+from nimrag.pipeline.ingest import checked_document_name
+from nimrag.pipeline.loaders import iter_input_paths
 
 GLOB_CHARS = "*?["
 

@@ -7,7 +7,7 @@ service's full log goes to ``<log_dir>/<service>.log``; the console (``Console``
 is ready, then its warnings and errors only (everything with ``verbose``). A service that exits is an error naming
 it and its last log line. However ``nimrag up`` ends, every child is stopped: SIGTERM to its process group, SIGKILL
 after a grace period. Even a SIGKILL of ``nimrag up``, which it cannot see coming, stops them: each child watches
-its parent pid (services.common.parent) and stops itself once it is gone.
+its parent pid (nimrag.services.common.parent) and stops itself once it is gone.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import psutil
 
 from nimrag.console import Console, ServiceLog
 from nimrag.errors import load_settings, response_message
-from services.common.parent import PARENT_LOG_ENV, PARENT_PID_ENV
+from nimrag.services.common.parent import PARENT_LOG_ENV, PARENT_PID_ENV
 
 START_ORDER = ("embed", "rerank", "llm", "pipeline")
 STOP_GRACE_S = 15.0  # SIGTERM, then SIGKILL after this
@@ -302,7 +302,7 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
 
 
 def _default_log_dir(env: dict) -> Path:
-    from pipeline.settings import PipelineSettings
+    from nimrag.pipeline.settings import PipelineSettings
 
     data = env.get("NIMRAG_PIPELINE_DATA_PATH")
     return (Path(data) if data else load_settings(PipelineSettings).data_path) / "logs"

@@ -133,8 +133,8 @@ def cmd_validate(client: PolicyClient, args: argparse.Namespace) -> int:
 
 
 async def _validate_locally(files: dict[str, str]) -> dict:
-    from guardrails.validation import validate_policy
-    from pipeline.settings import PipelineSettings
+    from nimrag.guardrails.validation import validate_policy
+    from nimrag.pipeline.settings import PipelineSettings
 
     settings = load_settings(PipelineSettings)
     endpoints = await _local_endpoints(settings)
@@ -146,7 +146,7 @@ async def _validate_locally(files: dict[str, str]) -> dict:
 async def _local_endpoints(settings):
     """The services' models as the pipeline would bind them; a service that does not answer gets a placeholder
     name, so that only a policy naming models is affected (and its message shows why)."""
-    from guardrails.runtime import Endpoints
+    from nimrag.guardrails.runtime import Endpoints
 
     async def served_model(client: httpx.AsyncClient, name: str, url: str) -> str:
         try:

@@ -134,11 +134,11 @@ def _ingest_http(files: list[InputFile], collection, url, headers, chunk_size, c
 
 async def _ingest_local(files: list[InputFile], collection, chunk_size, chunk_overlap,
                         outcome: IngestOutcome) -> None:
-    from pipeline.app import build_service
-    from pipeline.ingest import IngestItem
-    from pipeline.loaders import parse_file
-    from pipeline.settings import PipelineSettings
-    from services.common.errors import APIError
+    from nimrag.pipeline.app import build_service
+    from nimrag.pipeline.ingest import IngestItem
+    from nimrag.pipeline.loaders import parse_file
+    from nimrag.pipeline.settings import PipelineSettings
+    from nimrag.services.common.errors import APIError
 
     settings = load_settings(PipelineSettings)
     service = build_service(settings)
@@ -217,11 +217,11 @@ def _ask_http(body: dict, url: str, headers: dict, as_json: bool) -> int:
 async def _ask_local(body: dict, as_json: bool) -> int:
     from pydantic import ValidationError
 
-    from pipeline.app import build_service
-    from pipeline.protocol import GenerateRequest
-    from pipeline.responses import AnswerShape
-    from pipeline.settings import PipelineSettings
-    from services.common.errors import APIError
+    from nimrag.pipeline.app import build_service
+    from nimrag.pipeline.protocol import GenerateRequest
+    from nimrag.pipeline.responses import AnswerShape
+    from nimrag.pipeline.settings import PipelineSettings
+    from nimrag.services.common.errors import APIError
 
     settings = load_settings(PipelineSettings)
     service = build_service(settings)

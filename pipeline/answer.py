@@ -4,7 +4,7 @@ The prompt is packed in the LLM's own tokens (its /tokenize): the conversation f
 chunks as fit, best first, leaving room for the answer. When nothing relevant was retrieved the answer says so
 and the LLM is not asked to invent one.
 
-Spans, children of the request's: retrieval and rerank (pipeline.retrieval), ``guardrails.retrieval``,
+Spans, children of the request's: retrieval and rerank (nimrag.pipeline.retrieval), ``guardrails.retrieval``,
 ``prompt.pack`` (the LLM's /tokenize calls), then the LLM call (``llm chat.completions``) and the output rails
 (``guardrails.output``), each lasting as long as the answer's stream.
 """
@@ -16,11 +16,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 
-from opentelemetry import trace
-
-from guardrails.runtime import PolicyRuntime, Verdict
-from pipeline.clients import ServiceClients
-from pipeline.retrieval import (
+from nimrag.guardrails.runtime import PolicyRuntime, Verdict
+from nimrag.pipeline.clients import ServiceClients
+from nimrag.pipeline.retrieval import (
     Hit,
     Retriever,
     SearchOptions,
@@ -28,8 +26,9 @@ from pipeline.retrieval import (
     hit_vectors,
     retrieval_query,
 )
-from pipeline.vectorstore.base import ChunkId, VectorCollection
-from services.common.errors import InvalidRequestError
+from nimrag.pipeline.vectorstore.base import ChunkId, VectorCollection
+from nimrag.services.common.errors import InvalidRequestError
+from opentelemetry import trace
 
 SYSTEM_PROMPT = ("You answer questions using only the numbered sources below. Cite the sources you use like [1]. "
                  "If the sources do not contain the answer, say that you do not know.")

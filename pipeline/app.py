@@ -1,4 +1,4 @@
-"""Build the pipeline app (``nimrag serve pipeline``; ``uvicorn --factory pipeline.app:create_app``).
+"""Build the pipeline app (``nimrag serve pipeline``; ``uvicorn --factory nimrag.pipeline.app:create_app``).
 
 The composition root: ``build_service`` makes every collaborator (store, clients, retriever, answerer,
 ingestor, guardrails, task store) from the settings and hands them to PipelineService; nothing else builds them.
@@ -12,36 +12,35 @@ from collections.abc import Callable
 from functools import partial
 
 from fastapi import FastAPI
+from nimrag.guardrails.runtime import Endpoints, Guardrails
+from nimrag.guardrails.service import PolicyService
+from nimrag.guardrails.store import PolicyStore
+from nimrag.pipeline.answer import SYSTEM_PROMPT, Answerer
+from nimrag.pipeline.clients import CLIENT_FAULTS, ServiceClients
+from nimrag.pipeline.errors import STORE_ERRORS, install_store_error_handler
+from nimrag.pipeline.ingest import Ingestor
+from nimrag.pipeline.metrics import PipelineMetrics
+from nimrag.pipeline.policy_router import install_policy_error_handler
+from nimrag.pipeline.policy_router import router as policy_router
+from nimrag.pipeline.retrieval import Retriever
+from nimrag.pipeline.router import router
+from nimrag.pipeline.service import PipelineService
+from nimrag.pipeline.settings import PipelineSettings
+from nimrag.pipeline.tasks import open_task_store
+from nimrag.pipeline.vectorstore import VectorStore, open_vector_store
+from nimrag.services.common.app import fastapi_options, package_version, probe_router
+from nimrag.services.common.docs import install_offline_docs
+from nimrag.services.common.errors import install_error_handlers
+from nimrag.services.common.metrics import ServiceMetrics
+from nimrag.services.common.middleware import RequestContextMiddleware
+from nimrag.services.common.openapi import install_openapi
+from nimrag.services.common.tracing import make_tracer
 
-from guardrails.runtime import Endpoints, Guardrails
-from guardrails.service import PolicyService
-from guardrails.store import PolicyStore
-from pipeline.answer import SYSTEM_PROMPT, Answerer
-from pipeline.clients import CLIENT_FAULTS, ServiceClients
-from pipeline.errors import STORE_ERRORS, install_store_error_handler
-from pipeline.ingest import Ingestor
-from pipeline.metrics import PipelineMetrics
-from pipeline.policy_router import install_policy_error_handler
-from pipeline.policy_router import router as policy_router
-from pipeline.retrieval import Retriever
-from pipeline.router import router
-from pipeline.service import PipelineService
-from pipeline.settings import PipelineSettings
-from pipeline.tasks import open_task_store
-from pipeline.vectorstore import VectorStore, open_vector_store
-from services.common.app import fastapi_options, package_version, probe_router
-from services.common.docs import install_offline_docs
-from services.common.errors import install_error_handlers
-from services.common.metrics import ServiceMetrics
-from services.common.middleware import RequestContextMiddleware
-from services.common.openapi import install_openapi
-from services.common.tracing import make_tracer
-
-# The errors each endpoint answers beyond those every endpoint shares (services.common.openapi.shared_errors):
+# The errors each endpoint answers beyond those every endpoint shares (nimrag.services.common.openapi.shared_errors):
 # 400 a bad name or option, 403 no admin key or policies served read-only, 404 no such collection/task/policy,
-# 409 a conflict, 422 an invalid policy, 503 the vector store or the task store busy or down (pipeline.errors).
+# 409 a conflict, 422 an invalid policy, 503 the vector store or the task store busy or down (nimrag.pipeline.errors).
 # An endpoint that calls the model services also passes on what they refuse (400, 413, 422) and answers 502 (they
-# failed), 503 (down or busy) and 504 (too slow): pipeline.clients.
+# failed), 503 (down or busy) and 504 (too slow): nimrag.pipeline.clients.
 CALLS_SERVICES = {502, 503, 504, *CLIENT_FAULTS}
 ENDPOINT_ERRORS = {
     ("get", "/v1/collections"): STORE_ERRORS,

@@ -16,11 +16,10 @@ from typing import TypeVar
 import httpx
 import numpy as np
 import openai
+from nimrag.pipeline.settings import PipelineSettings
+from nimrag.services.common.errors import APIError, ModelNotFoundError
+from nimrag.services.common.tracing import TRACE_HOOKS, traced_stream
 from opentelemetry import trace
-
-from pipeline.settings import PipelineSettings
-from services.common.errors import APIError, ModelNotFoundError
-from services.common.tracing import TRACE_HOOKS, traced_stream
 
 T = TypeVar("T")
 # A dependency's answers that the client's request caused (the LLM's context is shorter than the question and

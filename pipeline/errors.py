@@ -14,8 +14,7 @@ is ``collection_name``'s 404); whatever else a store raises reaches the app's ha
 from __future__ import annotations
 
 from fastapi import FastAPI, Request, Response
-
-from pipeline.vectorstore.base import (
+from nimrag.pipeline.vectorstore.base import (
     CollectionClosed,
     CollectionExists,
     CollectionNotFound,
@@ -25,7 +24,7 @@ from pipeline.vectorstore.base import (
     StoreError,
     StoreUnavailable,
 )
-from services.common.errors import (
+from nimrag.services.common.errors import (
     APIError,
     ConflictError,
     InvalidRequestError,

@@ -17,13 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import PureWindowsPath
 
 import numpy as np
-
-from pipeline.chunking import Chunker
-from pipeline.clients import ServiceClients
-from pipeline.documents import ParsedDocument
-from pipeline.loaders import DocumentError
-from pipeline.settings import PipelineSettings
-from pipeline.vectorstore.base import VectorCollection
+from nimrag.pipeline.chunking import Chunker
+from nimrag.pipeline.clients import ServiceClients
+from nimrag.pipeline.documents import ParsedDocument
+from nimrag.pipeline.loaders import DocumentError
+from nimrag.pipeline.settings import PipelineSettings
+from nimrag.pipeline.vectorstore.base import VectorCollection
 
 # Documents between parsing and storing at once. Enough that their passages fill the embedder's batches while
 # it is busy (most files make one or two chunks), few enough to bound memory on a large folder.

@@ -3,7 +3,7 @@
 Both talk to a running pipeline over HTTP (``nimrag up``, or ``nimrag serve pipeline``), so they need only
 ``langchain-core`` and ``httpx`` on the client side::
 
-    from pipeline.langchain import NimragAnswerChain, NimragRetriever
+    from nimrag.pipeline.langchain import NimragAnswerChain, NimragRetriever
 
     retriever = NimragRetriever(base_url="http://127.0.0.1:8081", collection_name="docs", top_k=4)
     docs = retriever.invoke("How long is the warranty?")          # list[Document], best first

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from types import MappingProxyType
 
-from pipeline.documents import Page, ParsedDocument
+from nimrag.pipeline.documents import Page, ParsedDocument
 
 MIB = 1024 * 1024
 DEFAULT_MAX_BYTES = 100 * MIB

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from nimrag.services.common.metrics import LATENCY_BUCKETS, ServiceMetrics
 from prometheus_client import Counter, Histogram
-
-from services.common.metrics import LATENCY_BUCKETS, ServiceMetrics
 
 
 class PipelineMetrics:

@@ -1,7 +1,7 @@
-"""Guardrails policy editing (``/v1/guardrails/configs``): thin; the work is in guardrails.service.
+"""Guardrails policy editing (``/v1/guardrails/configs``): thin; the work is in nimrag.guardrails.service.
 
 Reading and validating need what every endpoint needs (a normal API key when keys are set); changing a policy
-needs the admin key as the Bearer token. The admin key is also accepted as a normal key (see pipeline.app).
+needs the admin key as the Bearer token. The admin key is also accepted as a normal key (see nimrag.pipeline.app).
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
+from nimrag.guardrails.service import InvalidPolicy, PolicyService
+from nimrag.services.common.body import json_body_openapi, parse_json_body
+from nimrag.services.common.errors import APIError, error_body
+from nimrag.services.common.fields import RequestModel
 from pydantic import Field
 from starlette.responses import Response
-
-from guardrails.service import InvalidPolicy, PolicyService
-from services.common.body import json_body_openapi, parse_json_body
-from services.common.errors import APIError, error_body
-from services.common.fields import RequestModel
 
 PREFIX = "/v1/guardrails/configs"
 MAX_TEXT = 1024

@@ -1,7 +1,7 @@
 """Request bodies of the pipeline, in the NVIDIA RAG Blueprint's spelling (its rag_server ``Prompt`` and
 ``DocumentSearch``, its ingestor's upload and collection requests) so that its users feel at home.
 
-Every model is a :class:`~services.common.fields.RequestModel`: a Blueprint (or OpenAI) field nimrag does not
+Every model is a :class:`~nimrag.services.common.fields.RequestModel`: a Blueprint (or OpenAI) field nimrag does not
 implement is in the top-level model's ``unsupported_fields`` (a 400 naming it unless its value asks for nothing),
 any other unknown field is ignored and named back in the ``x-nimrag-ignored-fields`` header. The nested option
 objects nimrag defines itself (``guardrails``, ``filter``) are closed: a mistyped option there would loosen a
@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from nimrag.services.common.errors import InvalidRequestError
+from nimrag.services.common.fields import RequestModel, Unsupported
+from nimrag.services.common.openapi import NON_BLANK, served_rule, setting_limit
+from nimrag.services.llm.protocol import CHAT_UNSUPPORTED as LLM_CHAT_UNSUPPORTED
 from pydantic import ConfigDict, Field, field_validator, model_validator
-
-from services.common.errors import InvalidRequestError
-from services.common.fields import RequestModel, Unsupported
-from services.common.openapi import NON_BLANK, served_rule, setting_limit
-from services.llm.protocol import CHAT_UNSUPPORTED as LLM_CHAT_UNSUPPORTED
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 PIPELINE_MODEL = "nimrag-rag"  # the pipeline's own name for its answers: the LLM service's default model

@@ -9,9 +9,8 @@ import uuid
 from collections.abc import AsyncIterator
 
 import orjson
-
-from pipeline.answer import AnswerEvent
-from services.common.errors import APIError, error_body
+from nimrag.pipeline.answer import AnswerEvent
+from nimrag.services.common.errors import APIError, error_body
 
 
 class AnswerShape:

@@ -16,11 +16,10 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from nimrag.pipeline.clients import ServiceClients
+from nimrag.pipeline.documents import Chunk
+from nimrag.pipeline.vectorstore.base import ChunkId, SearchHit, VectorCollection
 from opentelemetry import trace
-
-from pipeline.clients import ServiceClients
-from pipeline.documents import Chunk
-from pipeline.vectorstore.base import ChunkId, SearchHit, VectorCollection
 
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal rank fusion
 tracer = trace.get_tracer("nimrag.pipeline")

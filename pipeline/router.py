@@ -8,13 +8,9 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from starlette.datastructures import FormData, UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response, StreamingResponse
-
-from pipeline.ingest import IngestItem, checked_document_name
-from pipeline.loaders import SUPPORTED_TYPES, parse_bytes
-from pipeline.protocol import (
+from nimrag.pipeline.ingest import IngestItem, checked_document_name
+from nimrag.pipeline.loaders import SUPPORTED_TYPES, parse_bytes
+from nimrag.pipeline.protocol import (
     PIPELINE_MODEL,
     ChatRequest,
     CreateCollection,
@@ -22,24 +18,27 @@ from pipeline.protocol import (
     SearchRequest,
     UploadOptions,
 )
-from pipeline.responses import AnswerShape
-from pipeline.service import PipelineService
-from pipeline.settings import PipelineSettings
-from services.common.body import json_body_openapi, parse_json_body, parse_json_text
-from services.common.cancellation import cancel_on_disconnect
-from services.common.errors import (
+from nimrag.pipeline.responses import AnswerShape
+from nimrag.pipeline.service import PipelineService
+from nimrag.pipeline.settings import PipelineSettings
+from nimrag.services.common.body import json_body_openapi, parse_json_body, parse_json_text
+from nimrag.services.common.cancellation import cancel_on_disconnect
+from nimrag.services.common.errors import (
     InvalidRequestError,
     PayloadTooLargeError,
 )
-from services.common.fields import report_ignored
-from services.common.openapi import upload_form_openapi
+from nimrag.services.common.fields import report_ignored
+from nimrag.services.common.openapi import upload_form_openapi
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response, StreamingResponse
 
 router = APIRouter()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def get_service(request: Request) -> PipelineService:
-    """The app's service (pipeline.app builds it): every route works through it and nothing else."""
+    """The app's service (nimrag.pipeline.app builds it): every route works through it and nothing else."""
     return request.app.state.service
 
 

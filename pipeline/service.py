@@ -1,5 +1,5 @@
 """The pipeline's serving layer: collections, ingestion tasks, search and answers. Routers stay thin and call
-this only; its collaborators are built by the composition root (pipeline.app.build_service) and passed in."""
+this only; its collaborators are built by the composition root (nimrag.pipeline.app.build_service) and passed in."""
 
 from __future__ import annotations
 
@@ -10,31 +10,31 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from guardrails.runtime import (
+from nimrag.guardrails.runtime import (
     Endpoints,
     Guardrails,
     PolicyError,
     PolicyRuntime,
     Verdict,
 )
-from guardrails.service import api_errors
-from guardrails.store import PolicyStore
-from pipeline.answer import Answerer, AnswerEvent, generate
-from pipeline.chunking import Chunker
-from pipeline.clients import DependencyError, ServiceClients
-from pipeline.errors import CollectionConflict, CollectionMissing
-from pipeline.ingest import FileReport, IngestItem, Ingestor
-from pipeline.metrics import PipelineMetrics
-from pipeline.protocol import (
+from nimrag.guardrails.service import api_errors
+from nimrag.guardrails.store import PolicyStore
+from nimrag.pipeline.answer import Answerer, AnswerEvent, generate
+from nimrag.pipeline.chunking import Chunker
+from nimrag.pipeline.clients import DependencyError, ServiceClients
+from nimrag.pipeline.errors import CollectionConflict, CollectionMissing
+from nimrag.pipeline.ingest import FileReport, IngestItem, Ingestor
+from nimrag.pipeline.metrics import PipelineMetrics
+from nimrag.pipeline.protocol import (
     PIPELINE_MODEL,
     GenerateRequest,
     RetrievalKnobs,
     SearchRequest,
 )
-from pipeline.retrieval import Retriever, SearchOptions, retrieval_query
-from pipeline.settings import PipelineSettings
-from pipeline.tasks import INTERRUPTED, TaskStore, TaskStoreUnavailable
-from pipeline.vectorstore.base import (
+from nimrag.pipeline.retrieval import Retriever, SearchOptions, retrieval_query
+from nimrag.pipeline.settings import PipelineSettings
+from nimrag.pipeline.tasks import INTERRUPTED, TaskStore, TaskStoreUnavailable
+from nimrag.pipeline.vectorstore.base import (
     CollectionExists,
     CollectionInfo,
     CollectionNotFound,
@@ -44,7 +44,7 @@ from pipeline.vectorstore.base import (
     VectorCollection,
     VectorStore,
 )
-from services.common.errors import InvalidRequestError, NotFoundError
+from nimrag.services.common.errors import InvalidRequestError, NotFoundError
 
 logger = logging.getLogger("nimrag.pipeline")
 

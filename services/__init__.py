@@ -1,1 +1,1 @@
-"""nimrag inference microservices: embed, rerank, llm, and the code they share (``services.common``)."""
+"""nimrag inference microservices: embed, rerank, llm, and the code they share (``nimrag.services.common``)."""

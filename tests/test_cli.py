@@ -106,7 +106,7 @@ def test_ingest_and_ask_with_nothing_running_say_what_to_start(tmp_path):
     assert out.returncode == 3
     assert f"no embedding service at {NOWHERE}" in one_line_error(out) and "nimrag up" in out.stderr
 
-    from pipeline.vectorstore.faiss import Catalog
+    from nimrag.pipeline.vectorstore.faiss import Catalog
 
     with Catalog(tmp_path / "data" / "collections") as catalog:
         catalog.create("notes", 384)
@@ -170,7 +170,7 @@ def test_a_file_whose_name_cannot_be_a_document_name_is_reported_not_sent(tmp_pa
     ("a\\b\\notes.md", "a/b/notes.md"),
 ])
 def test_document_names_are_relative_posix_paths(raw, expected):
-    from pipeline.ingest import checked_document_name
+    from nimrag.pipeline.ingest import checked_document_name
 
     assert checked_document_name(raw) == expected
 
@@ -181,7 +181,7 @@ def test_document_names_are_relative_posix_paths(raw, expected):
     ("./.", "empty"), ("x" * 256, "longer"),
 ])
 def test_unsafe_document_names_are_refused(raw, reason):
-    from pipeline.ingest import checked_document_name
+    from nimrag.pipeline.ingest import checked_document_name
 
     with pytest.raises(ValueError, match=reason):
         checked_document_name(raw)

@@ -22,7 +22,11 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (the dev extra declares it)
     import tomli as tomllib
 
+# The source folders; each installs as part of the one top-level package, nimrag (nimrag.services, ...: pyproject's
+# package-dir). An import of a bare `services`, `pipeline` or `guardrails` would work only in the checkout, so it
+# counts as third-party here, and fails as undeclared.
 PACKAGES = ("nimrag", "services", "pipeline", "guardrails")
+TOP_LEVEL = "nimrag"
 
 # Imports that work only with an extra installed: top-level module -> the extra that must declare it. Everything
 # else a package imports must be in `dependencies`.
@@ -84,7 +88,7 @@ def third_party_imports() -> Iterator[tuple[str, str]]:
             visitor.visit(ast.parse(path.read_text(), filename=str(path)))
             for name, line in visitor.found:
                 top = name.partition(".")[0]
-                if top not in sys.stdlib_module_names and top not in PACKAGES:
+                if top not in sys.stdlib_module_names and top != TOP_LEVEL:
                     yield name, f"{path.relative_to(REPO)}:{line}"
 
 

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from nimrag.services.common.errors import StartupError
+from nimrag.services.common.parent import PARENT_PID_ENV, watch_parent
 
 from nimrag.console import Console, record_level
 from nimrag.errors import Exit
-from services.common.errors import StartupError
-from services.common.parent import PARENT_PID_ENV, watch_parent
 from tests.conftest import REPO, free_port, model_cache
 
 SERVICES = ("embed", "rerank", "llm", "pipeline")
@@ -210,8 +210,8 @@ def test_a_sigkilled_up_leaves_no_service_running_and_no_port_held(tmp_path):
 
 WATCHED = """
 import signal, sys, time
-from services.common.logs import configure_logging
-from services.common.parent import watch_parent
+from nimrag.services.common.logs import configure_logging
+from nimrag.services.common.parent import watch_parent
 
 configure_logging("INFO", json_logs=False)
 if sys.argv[1] == "graceful":  # as uvicorn: SIGTERM starts the shutdown

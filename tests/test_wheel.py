@@ -20,15 +20,15 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, ServiceProcess, free_port, wait_until_ready
-from tests.test_dependencies import OPTIONAL_IMPORTS, PACKAGES
+from tests.test_dependencies import OPTIONAL_IMPORTS, PACKAGES, TOP_LEVEL
 
 pytestmark = pytest.mark.timeout(1800)  # the install alone takes minutes on a busy machine
 
 # Modules (or packages, with every module under them) that import an optional extra's packages at module level:
 # they may fail to import in a plain install, and only for want of a package that extra declares
 # (tests.test_dependencies.OPTIONAL_IMPORTS).
-NEEDS_AN_EXTRA = {"pipeline.langchain": "langchain", "pipeline.vectorstore.milvus": "milvus",
-                  "pipeline.tasks.redis_store": "redis"}
+NEEDS_AN_EXTRA = {"nimrag.pipeline.langchain": "langchain", "nimrag.pipeline.vectorstore.milvus": "milvus",
+                  "nimrag.pipeline.tasks.redis_store": "redis"}
 
 
 def excusing_extra(module: str) -> str | None:
@@ -55,8 +55,11 @@ for package in packages:
     if package in imported:
         for info in pkgutil.walk_packages(sys.modules[package].__path__, package + ".", onerror=attempt):
             attempt(info.name)
+from importlib import metadata
+top_level = sorted({str(f).split("/")[0] for f in metadata.distribution("nimrag").files
+                    if not str(f).split("/")[0].endswith(".dist-info") and str(f).split("/")[0] != ".."})
 with open(report_path, "w") as report:
-    json.dump({"imported": imported, "failed": failed, "sys_path": sys.path}, report)
+    json.dump({"imported": imported, "failed": failed, "sys_path": sys.path, "top_level": top_level}, report)
 """
 
 
@@ -101,7 +104,7 @@ def wheel_venv(tmp_path_factory) -> Iterator[Path]:
 def import_every_module(venv: Path, cwd: Path) -> dict:
     report_path = cwd / "imports.json"
     # -I: neither the working folder nor PYTHON* variables on sys.path, so only the venv can supply the packages.
-    run_checked([venv / "bin" / "python", "-I", "-c", IMPORT_EVERY_MODULE, report_path, *PACKAGES],
+    run_checked([venv / "bin" / "python", "-I", "-c", IMPORT_EVERY_MODULE, report_path, TOP_LEVEL],
                 cwd=cwd, env=clean_env(), timeout=900)
     return json.loads(report_path.read_text())
 
@@ -113,8 +116,10 @@ def test_the_wheel_installs_imports_every_module_and_serves_outside_the_checkout
                   if excusing_extra(name) is None
                   or OPTIONAL_IMPORTS.get((failure["missing"] or "").partition(".")[0]) != excusing_extra(name)}
     assert unexpected == {}
-    assert {"pipeline.app", "pipeline.clients", "services.llm.app", "guardrails.runtime", "nimrag.cli"} <= set(
-        report["imported"])
+    assert {"nimrag.pipeline.app", "nimrag.pipeline.clients", "nimrag.services.llm.app", "nimrag.guardrails.runtime",
+            "nimrag.cli"} <= set(report["imported"])
+    # One top-level package: nothing that guardrails-ai's `guardrails` (or anyone's `services`) could overwrite.
+    assert report["top_level"] == [TOP_LEVEL]
     site_packages = {Path(p).resolve() for p in report["sys_path"] if p.endswith("site-packages")}
     for name, file in report["imported"].items():
         where = Path(file).resolve()

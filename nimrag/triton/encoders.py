@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.encoder_profiles import ENCODER_PROFILES
-from services.common.hardware import HardwareInfo
+from nimrag.services.common.encoder_profiles import ENCODER_PROFILES
+from nimrag.services.common.hardware import HardwareInfo
 
 PROFILE_ID = "onnx-cpu-fp32"  # ranking must not depend on batch mates, so no int8 (services/rerank/profiles.py)
 TOKEN_INPUTS = ("input_ids", "attention_mask")
@@ -46,10 +46,10 @@ def _profile():
 
 def embedding_model(name: str, folder: str | None, hw: HardwareInfo, cache: Path) -> HostedModel:
     """The embedding interface (``sentence_embedding``, ``token_embeddings``) over an encoder folder."""
-    from services.embed.engines.onnx import OnnxEngine
-    from services.embed.model import load_model_info
-    from services.embed.settings import EmbedSettings
-    from services.embed.tokenization import TextTokenizer
+    from nimrag.services.embed.engines.onnx import OnnxEngine
+    from nimrag.services.embed.model import load_model_info
+    from nimrag.services.embed.settings import EmbedSettings
+    from nimrag.services.embed.tokenization import TextTokenizer
 
     info = load_model_info(EmbedSettings(model=folder, query_prefix=None, passage_prefix=None, matryoshka_dims=""))
     engine = OnnxEngine(_profile(), info, TextTokenizer(info.path, info.max_tokens), _profile().resolved_threads(hw),
@@ -74,9 +74,9 @@ def _embedding_interface(name: str, engine, description: str) -> HostedModel:
 def reranking_model(name: str, folder: str | None, hw: HardwareInfo, cache: Path) -> HostedModel:
     """A cross-encoder folder: ``logits`` of (query, passage) pairs; an encoder folder: the embedding interface,
     which the reranker's late-interaction and bi-encoder scorers call."""
-    from services.rerank.model import load_model_info
-    from services.rerank.scorers import CrossEncoderScorer, create_scorer
-    from services.rerank.settings import RerankSettings
+    from nimrag.services.rerank.model import load_model_info
+    from nimrag.services.rerank.scorers import CrossEncoderScorer, create_scorer
+    from nimrag.services.rerank.settings import RerankSettings
 
     info = load_model_info(RerankSettings(model=folder))
     scorer = create_scorer(info, _profile(), _profile().resolved_threads(hw), cache)

@@ -59,7 +59,7 @@ def _scalar(request, name: str, default=None):
 
 
 def _sampling(request, max_tokens: int, top_k: str, top_p: str, seed: str):
-    from services.llm.engines.base import SamplingParams
+    from nimrag.services.llm.engines.base import SamplingParams
 
     end_id = _scalar(request, "end_id", 0)
     return SamplingParams(
@@ -163,13 +163,13 @@ def text_infer(engine):
 
 def llm_models(model: str | None, slots: int, context: int | None, threads: int) -> tuple[object, list[HostedModel]]:
     """The loaded llama.cpp engine (to close at the end) and the two models over it, one instance per slot."""
-    from services.llm.engines.llamacpp import LlamaCppEngine
-    from services.llm.model import load_model_info
-    from services.llm.settings import LLMSettings
+    from nimrag.services.llm.engines.llamacpp import LlamaCppEngine
+    from nimrag.services.llm.model import load_model_info
+    from nimrag.services.llm.settings import LLMSettings
 
     info = load_model_info(LLMSettings(model=model))
     if info.format != "gguf":
-        from services.common.errors import StartupError
+        from nimrag.services.common.errors import StartupError
 
         raise StartupError(f"nimrag triton serve runs the LLM on llama.cpp, which serves GGUF files; {info.path} "
                            "is a Hugging Face folder")

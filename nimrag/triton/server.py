@@ -27,9 +27,9 @@ log = logging.getLogger("nimrag.triton")
 
 def build_models(args: argparse.Namespace) -> tuple[list[HostedModel], list]:
     """The hosted models, loaded (exports and llama.cpp take seconds), and the engines to close at the end."""
+    from nimrag.services.common.hardware import probe
+    from nimrag.services.embed.settings import EmbedSettings
     from nimrag.triton.encoders import embedding_model, reranking_model
-    from services.common.hardware import probe
-    from services.embed.settings import EmbedSettings
 
     hw, chosen = probe(), parse_models(args.models)
     cache = Path(EmbedSettings().cache_path)

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline.tasks.base import (
+from nimrag.pipeline.tasks.base import (
     INTERRUPTED,
     MAX_TASKS_KEPT,
     TaskStore,
     TaskStoreUnavailable,
     task_view,
 )
-from pipeline.tasks.sqlite_store import SQLiteTaskStore
-from services.common.errors import StartupError
+from nimrag.pipeline.tasks.sqlite_store import SQLiteTaskStore
+from nimrag.services.common.errors import StartupError
 
 if TYPE_CHECKING:
-    from pipeline.settings import PipelineSettings
-    from pipeline.tasks.redis_store import RedisTaskStore
+    from nimrag.pipeline.settings import PipelineSettings
+    from nimrag.pipeline.tasks.redis_store import RedisTaskStore
 
 
 def open_task_store(settings: PipelineSettings) -> TaskStore:
@@ -29,7 +29,7 @@ def open_task_store(settings: PipelineSettings) -> TaskStore:
         return SQLiteTaskStore(settings.data_path / "tasks.sqlite", keep=settings.max_tasks_kept)
     if settings.task_store == "redis":
         try:
-            from pipeline.tasks.redis_store import RedisTaskStore
+            from nimrag.pipeline.tasks.redis_store import RedisTaskStore
         except ModuleNotFoundError as exc:
             raise StartupError(f"NIMRAG_PIPELINE_TASK_STORE=redis needs redis-py ({exc}): "
                                "pip install 'nimrag[redis]'") from None
@@ -41,7 +41,7 @@ def open_task_store(settings: PipelineSettings) -> TaskStore:
 
 def __getattr__(name: str):
     if name == "RedisTaskStore":  # imported on first use: redis-py is optional
-        from pipeline.tasks.redis_store import RedisTaskStore
+        from nimrag.pipeline.tasks.redis_store import RedisTaskStore
 
         return RedisTaskStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

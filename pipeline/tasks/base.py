@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from pipeline.ingest import FileReport, IngestReport
-from services.common.errors import ServiceNotReadyError
+from nimrag.pipeline.ingest import FileReport, IngestReport
+from nimrag.services.common.errors import ServiceNotReadyError
 
 MAX_TASKS_KEPT = 1000  # the newest tasks stay readable; older ones are pruned
 TASK_STORE_RETRY_AFTER_S = 2  # a restarting Redis is usually back within seconds

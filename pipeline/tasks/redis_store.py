@@ -29,17 +29,16 @@ import uuid
 from collections.abc import Iterator
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
-from pipeline.ingest import FileReport
-from pipeline.tasks.base import (
+from nimrag.pipeline.ingest import FileReport
+from nimrag.pipeline.tasks.base import (
     INTERRUPTED,
     MAX_TASKS_KEPT,
     TaskStore,
     TaskStoreUnavailable,
     task_view,
 )
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 DEFAULT_PREFIX = "nimrag:tasks:"
 DEFAULT_TTL_S = 7 * 24 * 3600.0

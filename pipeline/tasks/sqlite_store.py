@@ -10,9 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.ingest import FileReport
-from pipeline.sqlite import connect, use_wal, write_transaction
-from pipeline.tasks.base import INTERRUPTED, MAX_TASKS_KEPT, TaskStore, task_view
+from nimrag.pipeline.ingest import FileReport
+from nimrag.pipeline.sqlite import connect, use_wal, write_transaction
+from nimrag.pipeline.tasks.base import INTERRUPTED, MAX_TASKS_KEPT, TaskStore, task_view
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (

@@ -10,20 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from pipeline.vectorstore.base import VectorCollection, VectorStore
+from nimrag.pipeline.vectorstore.base import VectorCollection, VectorStore
 
 if TYPE_CHECKING:
-    from pipeline.settings import PipelineSettings
+    from nimrag.pipeline.settings import PipelineSettings
 
 
 def _faiss(settings: PipelineSettings) -> VectorStore:
-    from pipeline.vectorstore.faiss import FaissVectorStore
+    from nimrag.pipeline.vectorstore.faiss import FaissVectorStore
 
     return FaissVectorStore(settings.data_path / "collections")
 
 
 def _milvus(settings: PipelineSettings) -> VectorStore:
-    from pipeline.vectorstore.milvus import MilvusVectorStore  # the milvus extra
+    from nimrag.pipeline.vectorstore.milvus import MilvusVectorStore  # the milvus extra
 
     return MilvusVectorStore(settings.milvus_uri or settings.data_path / "milvus.db", token=settings.milvus_token,
                              timeout_s=settings.milvus_timeout_s, lexical=settings.milvus_lexical)

@@ -1,7 +1,6 @@
-# CONTRACT READY
 """The pipeline's one vector-store contract: collections of documents' chunks with their vectors, text and
-metadata; dense and lexical search with a document filter. Backends (pipeline.vectorstore.faiss, Milvus) implement
-it; retrieval, ingestion, answers and the service use nothing else. In the spirit of the NVIDIA RAG Blueprint's
+metadata; dense and lexical search with a document filter. Backends (nimrag.pipeline.vectorstore.faiss, Milvus)
+implement it; retrieval, ingestion, answers and the service use nothing else. In the spirit of the NVIDIA RAG Blueprint's
 ``VDBRag``, but small, typed and async.
 
 Rules every backend keeps (tests/pipeline/vectorstore/test_contract.py checks them on each backend):
@@ -28,8 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
-
-from pipeline.documents import Chunk, ParsedDocument
+from nimrag.pipeline.documents import Chunk, ParsedDocument
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from pipeline.vectorstore.base import InvalidArgument
+from nimrag.pipeline.vectorstore.base import InvalidArgument
 
 
 def utc_now() -> str:

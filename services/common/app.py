@@ -10,19 +10,18 @@ import platform
 from collections.abc import Sequence
 
 from fastapi import APIRouter, FastAPI, Request
+from nimrag.services.common.docs import install_offline_docs
+from nimrag.services.common.errors import install_error_handlers
+from nimrag.services.common.hardware import HardwareInfo, probe
+from nimrag.services.common.memory import MemoryBound
+from nimrag.services.common.metrics import ServiceMetrics
+from nimrag.services.common.middleware import RequestContextMiddleware
+from nimrag.services.common.openapi import install_openapi
+from nimrag.services.common.profiles import Profile, select_profile
+from nimrag.services.common.serving import ModelServing
+from nimrag.services.common.settings import ServiceSettings
+from nimrag.services.common.tracing import make_tracer
 from starlette.responses import PlainTextResponse, Response
-
-from services.common.docs import install_offline_docs
-from services.common.errors import install_error_handlers
-from services.common.hardware import HardwareInfo, probe
-from services.common.memory import MemoryBound
-from services.common.metrics import ServiceMetrics
-from services.common.middleware import RequestContextMiddleware
-from services.common.openapi import install_openapi
-from services.common.profiles import Profile, select_profile
-from services.common.serving import ModelServing
-from services.common.settings import ServiceSettings
-from services.common.tracing import make_tracer
 
 API_VERSION = "1.0.0"
 
@@ -106,7 +105,7 @@ def common_router() -> APIRouter:
 
 
 def model_endpoint_errors(model_paths: set[str]):
-    """The errors a model service's endpoints answer beyond the shared ones (services.common.openapi): the model
+    """The errors a model service's endpoints answer beyond the shared ones (nimrag.services.common.openapi): the model
     endpoints 404 (unknown model), 429 (queue full) and 503 (still loading); readiness 503."""
 
     def extra(path: str, method: str, operation: dict) -> set[int]:

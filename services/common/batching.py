@@ -26,10 +26,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from nimrag.services.common.errors import QueueFullError, QueueWaitTooLongError
+from nimrag.services.common.metrics import ServiceMetrics
 from opentelemetry import context, trace
-
-from services.common.errors import QueueFullError, QueueWaitTooLongError
-from services.common.metrics import ServiceMetrics
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from collections.abc import Awaitable, Callable
-
 from fastapi import Request
+from nimrag.services.common.cancellation import cancel_on_disconnect
+from nimrag.services.common.errors import from_validation_errors
+from nimrag.services.common.fields import check_fields
+from nimrag.services.common.openapi import schema_ref, streamed_answer_openapi
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
-
-from services.common.cancellation import cancel_on_disconnect
-from services.common.errors import from_validation_errors
-from services.common.fields import check_fields
-from services.common.openapi import schema_ref, streamed_answer_openapi
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -34,7 +32,7 @@ async def parse_json_body(request: Request, model: type[M]) -> M:
 
 def json_body_openapi(model: type[BaseModel]) -> dict:
     """``openapi_extra`` that documents a body parsed with :func:`parse_json_body` (its schema goes to
-    ``components/schemas``: see services.common.openapi); a body with a ``stream`` field may be answered with
+    ``components/schemas``: see nimrag.services.common.openapi); a body with a ``stream`` field may be answered with
     server-sent events."""
     extra = {"requestBody": {"required": True, "content": {"application/json": {"schema": schema_ref(model)}}}}
     if "stream" in model.model_fields:

@@ -6,9 +6,8 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from nimrag.services.common.errors import ClientDisconnected
 from starlette.requests import Request
-
-from services.common.errors import ClientDisconnected
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ GPU host, or ``nimrag triton serve``), chosen above every local one once the ser
 
 from __future__ import annotations
 
-from services.common.profiles import Profile
+from nimrag.services.common.profiles import Profile
 
 _CPU_BATCH = {"max_batch_items": 64, "max_batch_tokens": 8192}
 # On a CPU a batch costs about its (padded) tokens, so nothing is gained by waiting for more and padding is cut

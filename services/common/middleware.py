@@ -10,13 +10,12 @@ import re
 import time
 import uuid
 
+from nimrag.services.common.errors import APIError, AuthenticationError, PayloadTooLargeError, error_response
+from nimrag.services.common.fields import IGNORED_FIELDS_HEADER, ignored_fields_var, ignored_header_value
+from nimrag.services.common.logs import request_id_var
+from nimrag.services.common.metrics import ServiceMetrics
+from nimrag.services.common.tracing import extract_asgi
 from opentelemetry import trace
-
-from services.common.errors import APIError, AuthenticationError, PayloadTooLargeError, error_response
-from services.common.fields import IGNORED_FIELDS_HEADER, ignored_fields_var, ignored_header_value
-from services.common.logs import request_id_var
-from services.common.metrics import ServiceMetrics
-from services.common.tracing import extract_asgi
 
 # Endpoints an orchestrator probes without credentials.
 OPEN_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/v1/health"})
@@ -49,7 +48,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-                if ignored_fields:  # named back, as vLLM logs them: see services.common.fields
+                if ignored_fields:  # named back, as vLLM logs them: see nimrag.services.common.fields
                     message["headers"].append((IGNORED_FIELDS_HEADER.encode(),
                                                ignored_header_value(ignored_fields)))
             await send(message)

@@ -19,7 +19,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from services.common.errors import StartupError
+from nimrag.services.common.errors import StartupError
 
 EXPORT_VERSION = "3"  # bump when the export or quantization recipe changes, so caches are rebuilt
 _FFN_UP_PROJECTION = re.compile(r"(intermediate/dense|mlp/(fc1|up_proj|gate_proj))/MatMul$")

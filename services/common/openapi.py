@@ -1,13 +1,13 @@
 """The published OpenAPI documents: request schemas under ``components/schemas``, and the error shape documented.
 
-Endpoints parse their bodies themselves (:mod:`services.common.body`), so FastAPI knows nothing of their models:
-``services.common.body.json_body_openapi`` documents one (with :func:`schema_ref`), and :func:`install_openapi`
+Endpoints parse their bodies themselves (:mod:`nimrag.services.common.body`), so FastAPI knows nothing of their models:
+``nimrag.services.common.body.json_body_openapi`` documents one (with :func:`schema_ref`), and :func:`install_openapi`
 finishes the document FastAPI generates:
 
 - the schema definitions a body carries (``$defs``, the model's and those it uses) move to
   ``components/schemas``, where its ``#/components/schemas/...`` references point;
 - FastAPI's ``{"detail"}`` 422 (HTTPValidationError) gives way to the errors the endpoint really answers, each in
-  the one error shape (``ErrorResponse``, as :func:`services.common.errors.error_body` writes it);
+  the one error shape (``ErrorResponse``, as :func:`nimrag.services.common.errors.error_body` writes it);
 - the bounds a setting sets (:func:`setting_limit`) take the running service's values.
 
 A request the schemas describe is one the service accepts: pydantic's constraints are in them as they are, and the
@@ -23,12 +23,11 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI
+from nimrag.services.common.errors import ErrorResponse
+from nimrag.services.common.middleware import OPEN_PATHS
 from pydantic import BaseModel, Field
 from pydantic.fields import FieldInfo
 from pydantic.json_schema import models_json_schema
-
-from services.common.errors import ErrorResponse
-from services.common.middleware import OPEN_PATHS
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options", "trace"})

@@ -36,7 +36,7 @@ def watch_parent(poll_s: float = POLL_S, grace_s: float = EXIT_GRACE_S) -> threa
     try:
         parent = int(value)
     except ValueError:
-        from services.common.errors import StartupError  # not at the top: `nimrag up` imports this module too
+        from nimrag.services.common.errors import StartupError  # not at the top: `nimrag up` imports this module too
 
         raise StartupError(f"{PARENT_PID_ENV} must be a process id, not {value!r}") from None
     thread = threading.Thread(target=_watch, args=(parent, log_file, poll_s, grace_s), name="parent-watch",

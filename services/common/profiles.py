@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cache
 
-from services.common.errors import StartupError
-from services.common.hardware import HardwareInfo
+from nimrag.services.common.errors import StartupError
+from nimrag.services.common.hardware import HardwareInfo
 
 
 class ProfileError(StartupError):

@@ -8,12 +8,12 @@ import time
 from abc import ABC, abstractmethod
 from enum import Enum
 
-from services.common.batching import BatchLimits, DynamicBatcher
-from services.common.errors import ModelNotFoundError, ServiceNotReadyError
-from services.common.hardware import HardwareInfo
-from services.common.metrics import ServiceMetrics
-from services.common.profiles import ProfileChoice
-from services.common.settings import ServiceSettings
+from nimrag.services.common.batching import BatchLimits, DynamicBatcher
+from nimrag.services.common.errors import ModelNotFoundError, ServiceNotReadyError
+from nimrag.services.common.hardware import HardwareInfo
+from nimrag.services.common.metrics import ServiceMetrics
+from nimrag.services.common.profiles import ProfileChoice
+from nimrag.services.common.settings import ServiceSettings
 
 # Below this many characters, tokenizing on the event loop is cheaper than a hop to a worker thread.
 INLINE_WORK_CHARS = 4096
@@ -39,7 +39,7 @@ class ModelServing(ABC):
         self.served_model_name = served_model_name
         self.state = ModelState.LOADING
         self.load_error: str | None = None
-        # The server the engine forwards to (services.common.triton.TritonModel), if any: its readiness is ours.
+        # The server the engine forwards to (nimrag.services.common.triton.TritonModel), if any: its readiness is ours.
         self.upstream = None
         self.created = int(time.time())
         self.log = logging.getLogger(f"nimrag.{self.service}")

@@ -68,7 +68,7 @@ class ServiceSettings(BaseSettings):
     max_queue_wait_s: float = Field(10.0, gt=0, description="Embed and rerank: refuse (429 + Retry-After) work "
                                     "expected to wait longer than this behind what is queued, judged by measured "
                                     "throughput; below common client timeouts, so admitted work finishes.")
-    memory_bound: bool = Field(True, description="Bound resident memory (services.common.memory): shrink ONNX "
+    memory_bound: bool = Field(True, description="Bound resident memory (nimrag.services.common.memory): shrink ONNX "
                                "Runtime's arena after each run, cap glibc's arenas, return freed memory when idle.")
     malloc_arena_max: int = Field(2, ge=1, description="With the bound: most glibc malloc arenas.")
     memory_trim_interval_s: float = Field(10.0, gt=0, description="With the bound: seconds between looks at "

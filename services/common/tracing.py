@@ -24,9 +24,8 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from typing import TypeVar
 
+from nimrag.services.common.errors import StartupError
 from opentelemetry import context, propagate, trace
-
-from services.common.errors import StartupError
 
 EXPORTERS = ("console", "otlp")
 PROTOCOLS = ("http/protobuf", "grpc")

@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.errors import StartupError
-from services.embed.settings import EmbedSettings
+from nimrag.services.common.errors import StartupError
+from nimrag.services.embed.settings import EmbedSettings
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -3,6 +3,6 @@
 
 from __future__ import annotations
 
-from services.common.encoder_profiles import ENCODER_PROFILES, triton_profile
+from nimrag.services.common.encoder_profiles import ENCODER_PROFILES, triton_profile
 
 EMBED_PROFILES = [triton_profile("NIMRAG_EMBED_TRITON_URL"), *ENCODER_PROFILES]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from nimrag.services.common.fields import INT32_MAX, RequestModel, Unsupported
+from nimrag.services.common.openapi import NON_BLANK, SETTING_LIMITS
 from pydantic import Field, WithJsonSchema
-
-from services.common.fields import INT32_MAX, RequestModel, Unsupported
-from services.common.openapi import NON_BLANK, SETTING_LIMITS
 
 InputType = Literal["query", "passage"]
 Truncate = Literal["NONE", "START", "END"]
@@ -19,7 +18,7 @@ def _text_only(value: Any) -> bool:
 
 
 # What OpenAI, NIM's embedding API and vLLM define beyond the fields declared below: a 400 naming the field,
-# unless its value asks for nothing (None or a listed harmless value). See services.common.fields.
+# unless its value asks for nothing (None or a listed harmless value). See nimrag.services.common.fields.
 EMBEDDING_UNSUPPORTED: dict[str, Unsupported] = {
     "embedding_type": Unsupported("only float embeddings are served (int8, uint8, binary and ubinary are not)",
                                   harmless=("float",)),

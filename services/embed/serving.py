@@ -11,15 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-
-from services.common.errors import InvalidRequestError
-from services.common.serving import INLINE_WORK_CHARS, BatchedServing
-from services.common.triton import TritonModel
-from services.embed.engines import EmbeddingEngine, create_engine
-from services.embed.model import EmbeddingModelInfo
-from services.embed.protocol import EmbeddingRequest
-from services.embed.settings import EmbedSettings
-from services.embed.tokenization import InputTooLongError, TextTokenizer
+from nimrag.services.common.errors import InvalidRequestError
+from nimrag.services.common.serving import INLINE_WORK_CHARS, BatchedServing
+from nimrag.services.common.triton import TritonModel
+from nimrag.services.embed.engines import EmbeddingEngine, create_engine
+from nimrag.services.embed.model import EmbeddingModelInfo
+from nimrag.services.embed.protocol import EmbeddingRequest
+from nimrag.services.embed.settings import EmbedSettings
+from nimrag.services.embed.tokenization import InputTooLongError, TextTokenizer
 
 INPUT_TYPE_SUFFIXES = {"-query": "query", "-passage": "passage"}
 

@@ -1,12 +1,11 @@
-"""Embedding service settings (``NIMRAG_EMBED_*``, plus the NIM names in :mod:`services.common.settings`)."""
+"""Embedding service settings (``NIMRAG_EMBED_*``, plus the NIM names in :mod:`nimrag.services.common.settings`)."""
 
 from __future__ import annotations
 
+from nimrag.services.common.settings import ServiceSettings
+from nimrag.services.common.triton import TritonSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
-
-from services.common.settings import ServiceSettings
-from services.common.triton import TritonSettings
 
 
 class EmbedSettings(ServiceSettings, TritonSettings):

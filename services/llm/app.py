@@ -1,16 +1,15 @@
-"""Build the LLM service app (``nimrag serve llm``; ``uvicorn --factory services.llm.app:create_app``)."""
+"""Build the LLM service app (``nimrag serve llm``; ``uvicorn --factory nimrag.services.llm.app:create_app``)."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
-
-from services.common.app import create_model_app
-from services.common.hardware import HardwareInfo
-from services.llm.model import load_model_info
-from services.llm.profiles import LLM_PROFILES
-from services.llm.router import router
-from services.llm.serving import LLMServing
-from services.llm.settings import LLMSettings
+from nimrag.services.common.app import create_model_app
+from nimrag.services.common.hardware import HardwareInfo
+from nimrag.services.llm.model import load_model_info
+from nimrag.services.llm.profiles import LLM_PROFILES
+from nimrag.services.llm.router import router
+from nimrag.services.llm.serving import LLMServing
+from nimrag.services.llm.settings import LLMSettings
 
 
 def create_app(settings: LLMSettings | None = None, hardware: HardwareInfo | None = None) -> FastAPI:

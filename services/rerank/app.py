@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-
-from services.common.app import create_model_app
-from services.common.hardware import HardwareInfo
-from services.rerank.model import load_model_info
-from services.rerank.profiles import RERANK_PROFILES
-from services.rerank.router import router
-from services.rerank.serving import RerankServing
-from services.rerank.settings import RerankSettings
+from nimrag.services.common.app import create_model_app
+from nimrag.services.common.hardware import HardwareInfo
+from nimrag.services.rerank.model import load_model_info
+from nimrag.services.rerank.profiles import RERANK_PROFILES
+from nimrag.services.rerank.router import router
+from nimrag.services.rerank.serving import RerankServing
+from nimrag.services.rerank.settings import RerankSettings
 
 
 def create_app(settings: RerankSettings | None = None, hardware: HardwareInfo | None = None) -> FastAPI:

@@ -7,9 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.errors import StartupError
-from services.embed.model import DEFAULT_MODEL_NAME, default_model_path
-from services.rerank.settings import RerankSettings
+from nimrag.services.common.errors import StartupError
+from nimrag.services.embed.model import DEFAULT_MODEL_NAME, default_model_path
+from nimrag.services.rerank.settings import RerankSettings
 
 CROSS_ENCODER = "cross-encoder"
 LATE_INTERACTION = "late-interaction"

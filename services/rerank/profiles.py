@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from services.common.encoder_profiles import ENCODER_PROFILES, triton_profile
+from nimrag.services.common.encoder_profiles import ENCODER_PROFILES, triton_profile
 
 RERANK_PROFILES = [triton_profile("NIMRAG_RERANK_TRITON_URL"),
                    *(replace(p, rank=1) if p.precision == "int8" else p for p in ENCODER_PROFILES)]

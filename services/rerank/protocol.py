@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from nimrag.services.common.fields import INT32_MAX, RequestModel, Unsupported
+from nimrag.services.common.openapi import NON_BLANK, served_rule, setting_limit
 from pydantic import Field
 
-from services.common.fields import INT32_MAX, RequestModel, Unsupported
-from services.common.openapi import NON_BLANK, served_rule, setting_limit
-
 # What Cohere (v1 and v2), Jina and vLLM define for /v1/rerank beyond the fields declared below: a 400 naming
-# the field, unless its value asks for nothing (None or a listed harmless value). See services.common.fields.
+# the field, unless its value asks for nothing (None or a listed harmless value). See nimrag.services.common.fields.
 RERANK_UNSUPPORTED: dict[str, Unsupported] = {
     "rank_fields": Unsupported("documents are ranked by their text", harmless=(["text"],)),
     "max_chunks_per_doc": Unsupported("documents are not split into chunks; long ones are cut (truncate)"),

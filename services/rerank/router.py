@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from nimrag.services.common.body import json_body_openapi, json_endpoint
+from nimrag.services.rerank.protocol import RankingRequest, RerankRequest
 from starlette.responses import Response
-
-from services.common.body import json_body_openapi, json_endpoint
-from services.rerank.protocol import RankingRequest, RerankRequest
 
 router = APIRouter()
 

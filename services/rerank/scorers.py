@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from services.common.memory import onnx_run_options
-from services.common.padding import pad, pad_zeros
-from services.common.profiles import Profile
-from services.common.triton import TritonModel
-from services.rerank.model import BI_ENCODER, CROSS_ENCODER, LATE_INTERACTION, RerankModelInfo
+from nimrag.services.common.memory import onnx_run_options
+from nimrag.services.common.padding import pad, pad_zeros
+from nimrag.services.common.profiles import Profile
+from nimrag.services.common.triton import TritonModel
+from nimrag.services.rerank.model import BI_ENCODER, CROSS_ENCODER, LATE_INTERACTION, RerankModelInfo
 
 WARMUP = ("warm-up query", ["a passage", "a somewhat longer passage, so more than one length is seen"])
 
@@ -40,7 +39,7 @@ class Prepared:
 
 class Scorer(ABC):
     kind: str
-    upstream = None  # the server it forwards to (services.common.triton.TritonModel), whose readiness is ours
+    upstream = None  # the server it forwards to (nimrag.services.common.triton.TritonModel), whose readiness is ours
 
     def __init__(self, model: RerankModelInfo, profile: Profile):
         self.model = model
@@ -77,10 +76,10 @@ class _EncoderScorer(Scorer):
     def __init__(self, model: RerankModelInfo, profile: Profile, threads: int, cache_dir: Path,
                  triton: TritonModel | None = None):
         super().__init__(model, profile)
-        from services.embed.engines import create_engine
-        from services.embed.model import load_model_info
-        from services.embed.settings import EmbedSettings
-        from services.embed.tokenization import TextTokenizer
+        from nimrag.services.embed.engines import create_engine
+        from nimrag.services.embed.model import load_model_info
+        from nimrag.services.embed.settings import EmbedSettings
+        from nimrag.services.embed.tokenization import TextTokenizer
 
         # Prompts come from the model folder only (None: the model's own), never from the embed service's env.
         info = load_model_info(EmbedSettings(model=str(model.path), max_tokens=model.max_tokens,
@@ -99,7 +98,7 @@ class _EncoderScorer(Scorer):
         return {**self.engine.describe(), **super().describe()}  # its ONNX file, or Triton's address and model
 
     def prepare(self, query: str, passages: list[str], truncate: str) -> Prepared:
-        from services.embed.tokenization import InputTooLongError
+        from nimrag.services.embed.tokenization import InputTooLongError
 
         texts = [self.query_prefix + query, *(self.passage_prefix + p for p in passages)]
         try:
@@ -234,7 +233,7 @@ class TorchCrossEncoder(CrossEncoderScorer):
 class OnnxCrossEncoder(CrossEncoderScorer):
     def __init__(self, model: RerankModelInfo, profile: Profile, threads: int, cache_dir: Path):
         super().__init__(model, profile)
-        from services.common.onnx_models import cpu_session, prepare_onnx
+        from nimrag.services.common.onnx_models import cpu_session, prepare_onnx
 
         self.model_file = prepare_onnx(model.path, model.name, self.input_names, "logits", profile.precision,
                                        cache_dir)
@@ -257,7 +256,7 @@ def create_scorer(model: RerankModelInfo, profile: Profile, threads: int, cache_
     if model.scorer == BI_ENCODER:
         return BiEncoderScorer(model, profile, threads, cache_dir, triton)
     if profile.backend == "triton":
-        from services.rerank.triton import TritonCrossEncoder
+        from nimrag.services.rerank.triton import TritonCrossEncoder
 
         return TritonCrossEncoder(model, profile, triton)
     if profile.backend == "onnxruntime":

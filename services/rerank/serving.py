@@ -7,14 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-
-from services.common.errors import InvalidRequestError
-from services.common.serving import INLINE_WORK_CHARS, BatchedServing
-from services.common.triton import TritonModel
-from services.rerank.model import RerankModelInfo
-from services.rerank.protocol import RankingRequest, RerankRequest
-from services.rerank.scorers import Prepared, RankingTooLongError, Scorer, create_scorer
-from services.rerank.settings import RerankSettings
+from nimrag.services.common.errors import InvalidRequestError
+from nimrag.services.common.serving import INLINE_WORK_CHARS, BatchedServing
+from nimrag.services.common.triton import TritonModel
+from nimrag.services.rerank.model import RerankModelInfo
+from nimrag.services.rerank.protocol import RankingRequest, RerankRequest
+from nimrag.services.rerank.scorers import Prepared, RankingTooLongError, Scorer, create_scorer
+from nimrag.services.rerank.settings import RerankSettings
 
 INLINE_SCORE_TOKENS = 2048  # above this many tokens per request, scoring runs in a worker thread
 

@@ -1,14 +1,13 @@
-"""Reranking service settings (``NIMRAG_RERANK_*``, plus the NIM names in :mod:`services.common.settings`)."""
+"""Reranking service settings (``NIMRAG_RERANK_*``, plus the NIM names in :mod:`nimrag.services.common.settings`)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
+from nimrag.services.common.settings import ServiceSettings
+from nimrag.services.common.triton import TritonSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
-
-from services.common.settings import ServiceSettings
-from services.common.triton import TritonSettings
 
 
 class RerankSettings(ServiceSettings, TritonSettings):

@@ -9,17 +9,16 @@ Triton over gRPC. The tensor interface (deploy/triton/README.md), batch dimensio
   export's name and shape).
 
 An encoder scored by late interaction or as a bi-encoder needs no model of its own: its scorer calls the
-embedding model's interface (services.embed.engines.triton) through the same ``NIMRAG_RERANK_TRITON_MODEL``.
+embedding model's interface (nimrag.services.embed.engines.triton) through the same ``NIMRAG_RERANK_TRITON_MODEL``.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from services.common.profiles import Profile
-from services.common.triton import ModelInterface, TritonModel
-from services.rerank.model import RerankModelInfo
-from services.rerank.scorers import CrossEncoderScorer
+from nimrag.services.common.profiles import Profile
+from nimrag.services.common.triton import ModelInterface, TritonModel
+from nimrag.services.rerank.model import RerankModelInfo
+from nimrag.services.rerank.scorers import CrossEncoderScorer
 
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
 HINT = "see deploy/triton/README.md for the reranking model's interface"
@@ -32,7 +31,7 @@ class TritonCrossEncoder(CrossEncoderScorer):
         self.interface: ModelInterface | None = None
 
     def warm_up(self) -> None:
-        """Wait for Triton and check its model (services.common.triton), then warm up through it."""
+        """Wait for Triton and check its model (nimrag.services.common.triton), then warm up through it."""
         self.interface = self.triton.attach(REQUIRED_INPUTS, ("logits",), HINT)
         super().warm_up()
 

@@ -22,10 +22,10 @@ from functools import cache
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from nimrag.services.common import tracing
+from nimrag.services.common.settings import NIM_ENV_NAMES, ServiceSettings
 
 from nimrag.cli import SERVICES, _load
-from services.common import tracing
-from services.common.settings import NIM_ENV_NAMES, ServiceSettings
 
 __all__ = ["SERVICES", "accepted_env", "build_app", "check_tracing_env", "default_port", "env_prefix",
            "exported_series", "get_statuses", "settings_class", "settings_from_env", "tracing_env", "unknown_env"]
@@ -103,8 +103,8 @@ def settings_from_env(service: str, env: Mapping[str, str | None]) -> ServiceSet
 
 
 def check_tracing_env(env: Mapping[str, str | None]) -> list[str]:
-    """The trace exporters ``env`` turns on; raises services.common.tracing.TracingConfigError, as the service does
-    at start, for an OTEL_TRACES_EXPORTER it has no exporter for or an OTLP protocol it does not speak."""
+    """The trace exporters ``env`` turns on; raises TracingConfigError (nimrag.services.common.tracing), as the
+    service does at start, for an OTEL_TRACES_EXPORTER it has no exporter for or an OTLP protocol it does not speak."""
     given = {name: value for name, value in env.items() if value is not None}
     exporters = tracing.traces_exporters(given.get("OTEL_TRACES_EXPORTER"))
     if "otlp" in exporters:

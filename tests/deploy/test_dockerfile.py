@@ -78,7 +78,14 @@ def test_one_recipe_whose_variant_picks_only_the_base():
     assert [s.name for s in STAGES] == ["base-cpu", "base-gpu", "image"]
     for variant in ("cpu", "gpu"):
         assert base_of(variant).env().keys() == {"NIMRAG_IMAGE_TORCH_INDEX", "NIMRAG_IMAGE_TORCH_CUDA",
-                                                 "NIMRAG_IMAGE_EXTRAS"}
+                                                 "NIMRAG_IMAGE_EXTRAS", "NIMRAG_IMAGE_FAISS"}
+
+
+def test_the_gpu_image_swaps_faiss_cpu_for_a_gpu_build():
+    assert base_of("cpu").env()["NIMRAG_IMAGE_FAISS"] == ""
+    assert re.fullmatch(r"faiss-gpu==[\d.]+", base_of("gpu").env()["NIMRAG_IMAGE_FAISS"])
+    swap = next(a for a in IMAGE.runs() if "NIMRAG_IMAGE_FAISS" in a)
+    assert "pip uninstall -y faiss-cpu" in swap and 'pip install "$NIMRAG_IMAGE_FAISS"' in swap
 
 
 def test_cpu_image_installs_the_cpu_build_of_torch():

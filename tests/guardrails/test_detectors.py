@@ -5,9 +5,14 @@ from __future__ import annotations
 import random
 
 import pytest
-
-from guardrails.detectors import (MASKS, StreamMasker, injection_patterns_in, is_card_number, mask_spans,
-                                  sensitive_spans)
+from nimrag.guardrails.detectors import (
+    MASKS,
+    StreamMasker,
+    injection_patterns_in,
+    is_card_number,
+    mask_spans,
+    sensitive_spans,
+)
 
 ALL = frozenset(MASKS)
 

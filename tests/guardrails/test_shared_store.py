@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from guardrails.store import (
+from nimrag.guardrails.store import (
     DEFAULT_POLICY_ID,
     LOCK_FILE,
     DefaultPolicyMissing,
@@ -19,7 +18,7 @@ from guardrails.store import (
     ReadOnlyStore,
     VersionConflict,
 )
-from services.common.errors import StartupError
+from nimrag.services.common.errors import StartupError
 
 V1 = {"config.yml": "# Answers from the manuals.\nrails: {}\n"}
 V2 = {"config.yml": "# Answers from the manuals, politely.\nrails: {}\n", "extra.co": 'define bot hi\n  "Hi"\n'}

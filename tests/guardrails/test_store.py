@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from guardrails import store as store_module
-from guardrails.store import (
+from nimrag.guardrails import store as store_module
+from nimrag.guardrails.store import (
     InvalidPolicyFiles,
     InvalidPolicyId,
     PolicyExists,
@@ -131,7 +130,7 @@ def test_delete(store: PolicyStore):
 
 
 def test_default_policy_is_seeded_and_cannot_be_deleted(tmp_path: Path):
-    from guardrails.runtime import DEFAULT_POLICY_DIR, read_policy_dir
+    from nimrag.guardrails.runtime import DEFAULT_POLICY_DIR, read_policy_dir
 
     store = PolicyStore(tmp_path / "policies")
     assert store.get("default").files == read_policy_dir(DEFAULT_POLICY_DIR)

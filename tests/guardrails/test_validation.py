@@ -4,13 +4,19 @@ wrong; valid policies (and the shipped default) pass. NeMo Guardrails parses the
 from __future__ import annotations
 
 import pytest
+from nimrag.guardrails.policy_yaml import MAX_ALIAS_NODES, MAX_DEPTH
+from nimrag.guardrails.runtime import DEFAULT_POLICY_DIR, Endpoints, read_policy_dir
+from nimrag.guardrails.store import policy_description
+from nimrag.guardrails.validation import MAX_FILE_BYTES, MAX_FILES, validate_policy
 
-from guardrails.runtime import DEFAULT_POLICY_DIR, Endpoints, read_policy_dir
-from guardrails.validation import MAX_FILE_BYTES, MAX_FILES, validate_policy
-from guardrails.policy_yaml import MAX_ALIAS_NODES, MAX_DEPTH
-from guardrails.store import policy_description
-from tests.guardrails.policies import (BILLION_LAUGHS, COLANG, CONFIG, DEEP_BLOCK_YAML, DEEP_FLOW_YAML,
-                                       SELF_CONTAINED_YAML)
+from tests.guardrails.policies import (
+    BILLION_LAUGHS,
+    COLANG,
+    CONFIG,
+    DEEP_BLOCK_YAML,
+    DEEP_FLOW_YAML,
+    SELF_CONTAINED_YAML,
+)
 
 ENDPOINTS = Endpoints(llm_url="http://127.0.0.1:9/v1", llm_model="test-llm", embed_url="http://127.0.0.1:9/v1",
                       embed_model="test-embed")

@@ -8,9 +8,8 @@ import time
 from itertools import pairwise
 
 import pytest
-
-from pipeline.chunking import Chunker, load_default_tokenizer
-from pipeline.documents import Page, ParsedDocument
+from nimrag.pipeline.chunking import Chunker, load_default_tokenizer
+from nimrag.pipeline.documents import Page, ParsedDocument
 
 # Each of these is one token for the bundled (BERT WordPiece) tokenizer: overlaps can be checked exactly.
 SIMPLE_WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "runs", "into", "green",

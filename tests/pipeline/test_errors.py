@@ -7,9 +7,8 @@ import logging
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-
-from pipeline.errors import install_store_error_handler
-from pipeline.vectorstore.base import (
+from nimrag.pipeline.errors import install_store_error_handler
+from nimrag.pipeline.vectorstore.base import (
     CollectionClosed,
     IncompatibleCollection,
     InvalidArgument,
@@ -17,7 +16,7 @@ from pipeline.vectorstore.base import (
     StoreError,
     StoreUnavailable,
 )
-from services.common.errors import install_error_handlers
+from nimrag.services.common.errors import install_error_handlers
 
 CASES = [
     (StoreBusy("held by another writer"), 503, "store_busy"),

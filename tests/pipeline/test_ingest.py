@@ -6,10 +6,9 @@ import asyncio
 
 import numpy as np
 import pytest
-
-from pipeline.clients import DependencyRefused, ServiceClients
-from pipeline.ingest import PassageBatcher
-from pipeline.settings import PipelineSettings
+from nimrag.pipeline.clients import DependencyRefused, ServiceClients
+from nimrag.pipeline.ingest import PassageBatcher
+from nimrag.pipeline.settings import PipelineSettings
 
 DOCUMENTS = [[f"Document {d} says the kettle number {d * 7 + k} is blue." for k in range(1 + d % 3)]
              for d in range(24)]

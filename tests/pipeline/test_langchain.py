@@ -15,8 +15,7 @@ pytest.importorskip("langchain_core")
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
-
-from pipeline.langchain import (
+from nimrag.pipeline.langchain import (
     NimragAnswerChain,
     NimragAPIError,
     NimragConnectionError,
@@ -24,6 +23,7 @@ from pipeline.langchain import (
     _turns,
     citation_documents,
 )
+
 from tests.pipeline.conftest import pipeline_url as url_of
 
 COLLECTION = "lc"

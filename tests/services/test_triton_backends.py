@@ -1,4 +1,4 @@
-"""What the Triton backends add to the services (services.common.triton): the profiles a Triton URL selects,
+"""What the Triton backends add to the services (nimrag.services.common.triton): the profiles a Triton URL selects,
 readiness that follows Triton (503 naming it while it is down, from the start and later, and back to 200), and a
 model without the interface refused at load with what it lacks.
 
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from nimrag.services.common.hardware import HardwareInfo
+from nimrag.services.common.profiles import ProfileError, select_profile
+from nimrag.services.embed.profiles import EMBED_PROFILES
+from nimrag.services.llm.model import LLMModelInfo
+from nimrag.services.llm.profiles import LLM_PROFILES
+from nimrag.services.rerank.profiles import RERANK_PROFILES
 
-from services.common.hardware import HardwareInfo
-from services.common.profiles import ProfileError, select_profile
-from services.embed.profiles import EMBED_PROFILES
-from services.llm.model import LLMModelInfo
-from services.llm.profiles import LLM_PROFILES
-from services.rerank.profiles import RERANK_PROFILES
 from tests.conftest import REPO, start_service, wait_until_ready
 from tests.services.relay import Relay
 
@@ -151,13 +151,13 @@ def test_triton_serve_refuses_an_unknown_model_before_loading_anything():
 
 
 def test_a_call_past_its_deadline_is_a_503_and_triton_stays_ready(triton_host):
-    from services.common.errors import ServiceNotReadyError
-    from services.common.triton import TritonModel
-    from services.embed.engines.triton import TritonEngine
-    from services.embed.model import load_model_info
-    from services.embed.profiles import EMBED_PROFILES
-    from services.embed.settings import EmbedSettings
-    from services.embed.tokenization import TextTokenizer
+    from nimrag.services.common.errors import ServiceNotReadyError
+    from nimrag.services.common.triton import TritonModel
+    from nimrag.services.embed.engines.triton import TritonEngine
+    from nimrag.services.embed.model import load_model_info
+    from nimrag.services.embed.profiles import EMBED_PROFILES
+    from nimrag.services.embed.settings import EmbedSettings
+    from nimrag.services.embed.tokenization import TextTokenizer
 
     info = load_model_info(EmbedSettings())
     tokenizer = TextTokenizer(info.path, info.max_tokens)

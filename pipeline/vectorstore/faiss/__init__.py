@@ -2,11 +2,11 @@
 
 schema.py the SQLite database, the source of truth; index.py the FAISS index and its GPU copy; persistence.py
 the index on disk; locking.py the in-process reader/writer lock; collection.py one collection (synchronous);
-catalog.py the collections' folders; store.py the async contract over them (pipeline.vectorstore.base).
+catalog.py the collections' folders; store.py the async contract over them (nimrag.pipeline.vectorstore.base).
 """
 
-from pipeline.vectorstore.faiss.catalog import Catalog
-from pipeline.vectorstore.faiss.collection import Collection, CollectionStats
-from pipeline.vectorstore.faiss.store import FaissCollection, FaissVectorStore
+from nimrag.pipeline.vectorstore.faiss.catalog import Catalog
+from nimrag.pipeline.vectorstore.faiss.collection import Collection, CollectionStats
+from nimrag.pipeline.vectorstore.faiss.store import FaissCollection, FaissVectorStore
 
 __all__ = ["Catalog", "Collection", "CollectionStats", "FaissCollection", "FaissVectorStore"]

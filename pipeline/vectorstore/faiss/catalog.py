@@ -1,7 +1,7 @@
 """The FAISS backend's catalog: one folder per collection under a root, created and deleted atomically.
 
     <root>/<name>/chunks.sqlite     the source of truth (WAL): documents, chunks with vectors, FTS5, meta
-    <root>/<name>/index.faiss       the vector index as of some generation (pipeline.vectorstore.faiss.persistence)
+    <root>/<name>/index.faiss       the vector index as of some generation (faiss/persistence.py)
 
 A create builds its folder under a staging name and renames it into place; a delete renames the folder to a
 tombstone first (gone at once), then removes it. Leftovers of either, after a crash, are swept at start.
@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.vectorstore.base import (
+from nimrag.pipeline.vectorstore.base import (
     COLLECTION_NAME,
     CollectionExists,
     CollectionInfo,
@@ -30,10 +30,10 @@ from pipeline.vectorstore.base import (
     validate_name,
     validate_options,
 )
-from pipeline.vectorstore.faiss.collection import Collection
-from pipeline.vectorstore.faiss.persistence import STALE_STAGING_S
-from pipeline.vectorstore.faiss.schema import DB_FILE, initialize_database, read_info
-from services.common.files import fsync_dir
+from nimrag.pipeline.vectorstore.faiss.collection import Collection
+from nimrag.pipeline.vectorstore.faiss.persistence import STALE_STAGING_S
+from nimrag.pipeline.vectorstore.faiss.schema import DB_FILE, initialize_database, read_info
+from nimrag.services.common.files import fsync_dir
 
 if TYPE_CHECKING:
     from typing_extensions import Self

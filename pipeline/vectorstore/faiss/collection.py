@@ -1,4 +1,4 @@
-"""One FAISS + SQLite collection (synchronous; ``FaissCollection`` in pipeline.vectorstore.faiss.store is its
+"""One FAISS + SQLite collection (synchronous; ``FaissCollection`` in nimrag.pipeline.vectorstore.faiss.store is its
 async face). SQLite holds documents, chunks and their vectors; the in-memory FAISS index follows SQLite by
 generation: right after each commit of this process, and before each search when another process has written,
 it adds the chunks and removes the ids that changed since the generation it holds. A process killed at any
@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from pipeline.documents import Chunk, ParsedDocument
-from pipeline.sqlite import connect, is_busy, read_transaction
-from pipeline.vectorstore.base import (
+from nimrag.pipeline.documents import Chunk, ParsedDocument
+from nimrag.pipeline.sqlite import connect, is_busy, read_transaction
+from nimrag.pipeline.vectorstore.base import (
     CollectionClosed,
     CollectionInfo,
     CollectionNotFound,
@@ -41,21 +40,21 @@ from pipeline.vectorstore.base import (
     checked_vectors,
     validate_name,
 )
-from pipeline.vectorstore.faiss.index import (
+from nimrag.pipeline.vectorstore.faiss.index import (
     GpuMirror,
     VectorIndex,
     exact_search,
     gpu_available,
     vector_problems,
 )
-from pipeline.vectorstore.faiss.locking import ReadWriteLock
-from pipeline.vectorstore.faiss.persistence import (
+from nimrag.pipeline.vectorstore.faiss.locking import ReadWriteLock
+from nimrag.pipeline.vectorstore.faiss.persistence import (
     file_identity,
     read_index,
     remove_stale_temporaries,
     write_index,
 )
-from pipeline.vectorstore.faiss.schema import (
+from nimrag.pipeline.vectorstore.faiss.schema import (
     CHUNK_COLUMNS,
     DB_FILE,
     DOCUMENT_COLUMNS,
@@ -76,7 +75,7 @@ from pipeline.vectorstore.faiss.schema import (
     stored_chunk,
     vector_rows,
 )
-from pipeline.vectorstore.records import dumps, utc_now
+from nimrag.pipeline.vectorstore.records import dumps, utc_now
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -9,8 +9,7 @@ from collections.abc import Iterable
 
 import faiss
 import numpy as np
-
-from pipeline.vectorstore.base import StoreError
+from nimrag.pipeline.vectorstore.base import StoreError
 
 logger = logging.getLogger(__name__)
 

@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.vectorstore.base import StoreError
-from pipeline.vectorstore.faiss.index import VectorIndex
-from pipeline.vectorstore.records import utc_now
-from services.common.files import write_atomically
+from nimrag.pipeline.vectorstore.base import StoreError
+from nimrag.pipeline.vectorstore.faiss.index import VectorIndex
+from nimrag.pipeline.vectorstore.records import utc_now
+from nimrag.services.common.files import write_atomically
 
 logger = logging.getLogger(__name__)
 

@@ -16,16 +16,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.documents import Chunk
-from pipeline.sqlite import connect, read_transaction, use_wal, write_transaction
-from pipeline.vectorstore.base import (
+from nimrag.pipeline.documents import Chunk
+from nimrag.pipeline.sqlite import connect, read_transaction, use_wal, write_transaction
+from nimrag.pipeline.vectorstore.base import (
     CollectionInfo,
     CollectionOptions,
     DocumentInfo,
     StoredChunk,
 )
-from pipeline.vectorstore.records import dumps, utc_now
+from nimrag.pipeline.vectorstore.records import dumps, utc_now
 
 SCHEMA_VERSION = 1
 DB_FILE = "chunks.sqlite"

@@ -9,9 +9,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.documents import Chunk, ParsedDocument
-from pipeline.vectorstore.base import (
+from nimrag.pipeline.documents import Chunk, ParsedDocument
+from nimrag.pipeline.vectorstore.base import (
     ChunkId,
     CollectionInfo,
     CollectionOptions,
@@ -23,8 +22,8 @@ from pipeline.vectorstore.base import (
     VectorStore,
     validate_options,
 )
-from pipeline.vectorstore.faiss.catalog import Catalog
-from pipeline.vectorstore.faiss.collection import Collection
+from nimrag.pipeline.vectorstore.faiss.catalog import Catalog
+from nimrag.pipeline.vectorstore.faiss.collection import Collection
 
 
 class FaissCollection(VectorCollection):
@@ -76,7 +75,7 @@ class FaissCollection(VectorCollection):
 
 
 class FaissVectorStore(VectorStore):
-    """Collections in folders under ``root`` (see pipeline.vectorstore.faiss.catalog)."""
+    """Collections in folders under ``root`` (see nimrag.pipeline.vectorstore.faiss.catalog)."""
 
     backend = "faiss"
 

@@ -8,7 +8,7 @@ client, Milvus Lite embedded, and what the server can do; collection.py one coll
 writes; store.py the collections.
 """
 
-from pipeline.vectorstore.milvus.collection import MilvusCollection
-from pipeline.vectorstore.milvus.store import MilvusVectorStore
+from nimrag.pipeline.vectorstore.milvus.collection import MilvusCollection
+from nimrag.pipeline.vectorstore.milvus.store import MilvusVectorStore
 
 __all__ = ["MilvusCollection", "MilvusVectorStore"]

@@ -27,9 +27,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from pipeline.documents import Chunk, ParsedDocument
-from pipeline.vectorstore.base import (
+from nimrag.pipeline.documents import Chunk, ParsedDocument
+from nimrag.pipeline.vectorstore.base import (
     ChunkId,
     CollectionInfo,
     DocumentInfo,
@@ -43,15 +42,15 @@ from pipeline.vectorstore.base import (
     checked_query,
     checked_vectors,
 )
-from pipeline.vectorstore.milvus import analyzer
-from pipeline.vectorstore.milvus.names import (
+from nimrag.pipeline.vectorstore.milvus import analyzer
+from nimrag.pipeline.vectorstore.milvus.names import (
     CHUNKS,
     DOCUMENTS,
     equals,
     is_in,
     physical_name,
 )
-from pipeline.vectorstore.milvus.schema import (
+from nimrag.pipeline.vectorstore.milvus.schema import (
     CHUNK_FIELDS,
     DOCUMENT_FIELDS,
     HASH_BYTES,
@@ -65,10 +64,10 @@ from pipeline.vectorstore.milvus.schema import (
     is_committed,
     stored_chunk,
 )
-from pipeline.vectorstore.records import dumps, utc_now
+from nimrag.pipeline.vectorstore.records import dumps, utc_now
 
 if TYPE_CHECKING:
-    from pipeline.vectorstore.milvus.connection import Connection
+    from nimrag.pipeline.vectorstore.milvus.connection import Connection
 
 MAX_TOP_K = 16_384  # Milvus's largest limit of one search or query
 INSERT_BATCH_ROWS = 256

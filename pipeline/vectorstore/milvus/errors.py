@@ -11,6 +11,13 @@ import contextlib
 from collections.abc import Iterator
 
 import grpc
+from nimrag.pipeline.vectorstore.base import (
+    CollectionNotFound,
+    InvalidArgument,
+    StoreBusy,
+    StoreError,
+    StoreUnavailable,
+)
 from pymilvus import MilvusException
 from pymilvus.exceptions import (
     ConnectError,
@@ -19,14 +26,6 @@ from pymilvus.exceptions import (
     DataTypeNotMatchException,
     MilvusUnavailableException,
     ParamError,
-)
-
-from pipeline.vectorstore.base import (
-    CollectionNotFound,
-    InvalidArgument,
-    StoreBusy,
-    StoreError,
-    StoreUnavailable,
 )
 
 COLLECTION_NOT_FOUND = 100

@@ -17,24 +17,23 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from pymilvus import DataType, Function, FunctionType, MilvusClient
-from pymilvus.milvus_client.index import IndexParams
-
-from pipeline.documents import Chunk
-from pipeline.vectorstore.base import (
+from nimrag.pipeline.documents import Chunk
+from nimrag.pipeline.vectorstore.base import (
     CollectionOptions,
     DocumentInfo,
     InvalidArgument,
     StoredChunk,
 )
-from pipeline.vectorstore.milvus import analyzer
+from nimrag.pipeline.vectorstore.milvus import analyzer
+from pymilvus import DataType, Function, FunctionType, MilvusClient
+from pymilvus.milvus_client.index import IndexParams
 
 SCHEMA_VERSION = 1
 META_PROPERTY = "nimrag.meta"
 LexicalMode = Literal["bm25", "sparse"]
 
 MAX_VARCHAR_BYTES = 65_535  # Milvus's longest VARCHAR; lengths are UTF-8 bytes
-SOURCE_BYTES = 4096  # document names are at most 1,024 characters (pipeline.ingest)
+SOURCE_BYTES = 4096  # document names are at most 1,024 characters (nimrag.pipeline.ingest)
 HASH_BYTES = 256
 SHORT_BYTES = 1024
 PLACEHOLDER = [0.0, 0.0]  # the documents' vector: Milvus's smallest dimension is 2

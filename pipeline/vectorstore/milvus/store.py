@@ -12,7 +12,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from pipeline.vectorstore.base import (
+from nimrag.pipeline.vectorstore.base import (
     CollectionClosed,
     CollectionExists,
     CollectionInfo,
@@ -24,15 +24,15 @@ from pipeline.vectorstore.base import (
     validate_name,
     validate_options,
 )
-from pipeline.vectorstore.milvus.collection import MilvusCollection
-from pipeline.vectorstore.milvus.connection import Connection, check_uri
-from pipeline.vectorstore.milvus.names import (
+from nimrag.pipeline.vectorstore.milvus.collection import MilvusCollection
+from nimrag.pipeline.vectorstore.milvus.connection import Connection, check_uri
+from nimrag.pipeline.vectorstore.milvus.names import (
     CHUNKS,
     DOCUMENTS,
     logical_name,
     physical_name,
 )
-from pipeline.vectorstore.milvus.schema import (
+from nimrag.pipeline.vectorstore.milvus.schema import (
     META_PROPERTY,
     SCHEMA_VERSION,
     Meta,
@@ -42,7 +42,7 @@ from pipeline.vectorstore.milvus.schema import (
     document_schema,
     schema_version,
 )
-from pipeline.vectorstore.records import dumps, utc_now
+from nimrag.pipeline.vectorstore.records import dumps, utc_now
 
 logger = logging.getLogger(__name__)
 CONSISTENCY = "Strong"  # a write is seen by the next search, from any replica

@@ -5,16 +5,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import numpy as np
-
-from services.common.profiles import Profile
-from services.embed.model import EmbeddingModelInfo
-from services.embed.tokenization import TextTokenizer
+from nimrag.services.common.profiles import Profile
+from nimrag.services.embed.model import EmbeddingModelInfo
+from nimrag.services.embed.tokenization import TextTokenizer
 
 WARMUP_TEXTS = ["warm-up", "A longer warm-up sentence so that the engine sees more than one sequence length."]
 
 
 class EmbeddingEngine(ABC):
-    upstream = None  # the server it forwards to (services.common.triton.TritonModel), whose readiness is ours
+    upstream = None  # the server it forwards to (nimrag.services.common.triton.TritonModel), whose readiness is ours
 
     def __init__(self, profile: Profile, model: EmbeddingModelInfo, tokenizer: TextTokenizer):
         self.profile = profile

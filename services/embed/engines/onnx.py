@@ -1,18 +1,17 @@
-"""ONNX Runtime engine on CPU, fp32 or int8 (export, cache and quantization: services.common.onnx_models)."""
+"""ONNX Runtime engine on CPU, fp32 or int8 (export, cache and quantization: nimrag.services.common.onnx_models)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-
-from services.common.memory import onnx_run_options
-from services.common.onnx_models import cpu_session, prepare_onnx
-from services.common.padding import pad
-from services.common.profiles import Profile
-from services.embed.engines.base import EmbeddingEngine
-from services.embed.model import EmbeddingModelInfo
-from services.embed.tokenization import TextTokenizer
+from nimrag.services.common.memory import onnx_run_options
+from nimrag.services.common.onnx_models import cpu_session, prepare_onnx
+from nimrag.services.common.padding import pad
+from nimrag.services.common.profiles import Profile
+from nimrag.services.embed.engines.base import EmbeddingEngine
+from nimrag.services.embed.model import EmbeddingModelInfo
+from nimrag.services.embed.tokenization import TextTokenizer
 
 
 class OnnxEngine(EmbeddingEngine):

@@ -6,12 +6,11 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
-
-from services.common.profiles import Profile
-from services.common.padding import pad
-from services.embed.engines.base import EmbeddingEngine
-from services.embed.model import EmbeddingModelInfo
-from services.embed.tokenization import TextTokenizer
+from nimrag.services.common.padding import pad
+from nimrag.services.common.profiles import Profile
+from nimrag.services.embed.engines.base import EmbeddingEngine
+from nimrag.services.embed.model import EmbeddingModelInfo
+from nimrag.services.embed.tokenization import TextTokenizer
 
 
 class TorchEngine(EmbeddingEngine):

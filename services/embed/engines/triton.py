@@ -17,13 +17,12 @@ The model folder is still read here (tokenizer, pooling, normalization, limits);
 from __future__ import annotations
 
 import numpy as np
-
-from services.common.padding import pad
-from services.common.profiles import Profile
-from services.common.triton import ModelInterface, TritonModel
-from services.embed.engines.base import EmbeddingEngine
-from services.embed.model import EmbeddingModelInfo
-from services.embed.tokenization import TextTokenizer
+from nimrag.services.common.padding import pad
+from nimrag.services.common.profiles import Profile
+from nimrag.services.common.triton import ModelInterface, TritonModel
+from nimrag.services.embed.engines.base import EmbeddingEngine
+from nimrag.services.embed.model import EmbeddingModelInfo
+from nimrag.services.embed.tokenization import TextTokenizer
 
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
 POOLED_OUTPUTS = ("sentence_embedding", "last_hidden_state")
@@ -38,7 +37,7 @@ class TritonEngine(EmbeddingEngine):
         self.interface: ModelInterface | None = None
 
     def warm_up(self) -> None:
-        """Wait for Triton and check its model (services.common.triton), then warm up through it, which also
+        """Wait for Triton and check its model (nimrag.services.common.triton), then warm up through it, which also
         measures the dimension."""
         self.interface = self.triton.attach(REQUIRED_INPUTS, POOLED_OUTPUTS, HINT)
         super().warm_up()

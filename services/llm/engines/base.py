@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from services.common.errors import InvalidRequestError
+from nimrag.services.common.errors import InvalidRequestError
 
 FinishReason = Literal["stop", "length"]
 
@@ -112,7 +112,7 @@ class LLMEngine(ABC):
     """Blocking engine calls; the serving layer runs every one of them in a worker thread."""
 
     name: str = "engine"
-    upstream = None  # the server it forwards to (services.common.triton.TritonModel), whose readiness is ours
+    upstream = None  # the server it forwards to (nimrag.services.common.triton.TritonModel), whose readiness is ours
     # What this engine can enforce: "json_schema", "choice", "regex", "logprobs", "logit_bias".
     features: frozenset[str] = frozenset()
 

@@ -12,9 +12,8 @@ import re
 import secrets
 
 import httpx
-
-from services.common.errors import InvalidRequestError
-from services.llm.engines.base import (
+from nimrag.services.common.errors import InvalidRequestError
+from nimrag.services.llm.engines.base import (
     Emit,
     EngineInfo,
     Finished,
@@ -25,8 +24,7 @@ from services.llm.engines.base import (
     TopLogprob,
     context_length,
 )
-from services.llm.model import LLMModelInfo
-
+from nimrag.services.llm.model import LLMModelInfo
 
 LLGUIDANCE = "%llguidance {}\n"  # the prefix that makes llama.cpp hand a grammar to llguidance
 

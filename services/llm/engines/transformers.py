@@ -23,10 +23,9 @@ import re
 import threading
 
 import torch
-
-from services.common.errors import InvalidRequestError, StartupError
-from services.common.profiles import Profile
-from services.llm.engines.base import (
+from nimrag.services.common.errors import InvalidRequestError, StartupError
+from nimrag.services.common.profiles import Profile
+from nimrag.services.llm.engines.base import (
     Emit,
     EngineInfo,
     Finished,
@@ -37,8 +36,8 @@ from services.llm.engines.base import (
     TopLogprob,
     context_length,
 )
-from services.llm.engines.text import TextStream, apply_chat_template, tokenize_prompt
-from services.llm.model import LLMModelInfo
+from nimrag.services.llm.engines.text import TextStream, apply_chat_template, tokenize_prompt
+from nimrag.services.llm.model import LLMModelInfo
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte-fallback pieces

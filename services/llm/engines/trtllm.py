@@ -23,7 +23,7 @@ TensorRT-LLM returns no finish reason and drops the end id from its output, so a
 token boundaries); a match cancels the request. Logprobs: the sampled token's only (TensorRT-LLM has no top-N).
 
 Threads: every ``generate`` runs in its own worker thread and takes a gRPC client from the idle pool of
-:class:`services.common.triton.TritonModel` (a ``tritonclient`` client holds one stream at a time, so clients are
+:class:`nimrag.services.common.triton.TritonModel` (a ``tritonclient`` client holds one stream at a time, so clients are
 never shared between threads), returning it when done. That class also waits for Triton at load, watches its
 readiness afterwards (``/v1/health/ready`` is a 503 naming Triton while it is down) and maps its errors; a stream
 that sends nothing for ``NIMRAG_LLM_TRITON_TIMEOUT_S`` is cancelled with a 503.
@@ -36,10 +36,9 @@ import queue
 from pathlib import Path
 
 import numpy as np
-
-from services.common.errors import StartupError
-from services.common.triton import TritonModel, TritonUnavailable, infer_input
-from services.llm.engines.base import (
+from nimrag.services.common.errors import StartupError
+from nimrag.services.common.triton import TritonModel, TritonUnavailable, infer_input
+from nimrag.services.llm.engines.base import (
     DEFAULT_CONTEXT_CAP,
     Emit,
     EngineInfo,
@@ -50,9 +49,9 @@ from services.llm.engines.base import (
     TokenLogprob,
     UnsupportedByEngine,
 )
-from services.llm.engines.text import TextStream, apply_chat_template, tokenize_prompt
-from services.llm.model import LLMModelInfo
-from services.llm.settings import LLMSettings
+from nimrag.services.llm.engines.text import TextStream, apply_chat_template, tokenize_prompt
+from nimrag.services.llm.model import LLMModelInfo
+from nimrag.services.llm.settings import LLMSettings
 
 REQUIRED_INPUTS = ("input_ids", "input_lengths", "request_output_len")
 

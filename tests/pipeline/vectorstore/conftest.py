@@ -1,5 +1,5 @@
 """The store contract suite runs once per backend: ``store_backend`` names it, ``vector_store`` is a fresh
-store of that backend built the way the pipeline builds it (pipeline.vectorstore.open_vector_store)."""
+store of that backend built the way the pipeline builds it (nimrag.pipeline.vectorstore.open_vector_store)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
-from pipeline.settings import PipelineSettings
-from pipeline.vectorstore import VectorStore, open_vector_store
+from nimrag.pipeline.settings import PipelineSettings
+from nimrag.pipeline.vectorstore import VectorStore, open_vector_store
 
 STORE_BACKENDS = ["faiss", "milvus"]  # a backend joins the contract suite with its name here (settings below)
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from pipeline.documents import Chunk, Page, ParsedDocument
+from nimrag.pipeline.documents import Chunk, Page, ParsedDocument
 
 DIM = 16
 Document = tuple[ParsedDocument, list[Chunk], np.ndarray]

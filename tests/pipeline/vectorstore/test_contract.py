@@ -1,4 +1,4 @@
-"""The vector-store contract (pipeline.vectorstore.base), the same tests on every backend: collections, atomic
+"""The vector-store contract (nimrag.pipeline.vectorstore.base), the same tests on every backend: collections, atomic
 document writes, dense and lexical search with filters, reads by id, errors, reopening, concurrent writers."""
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from datetime import datetime
 
 import numpy as np
 import pytest
-
-from pipeline.vectorstore import open_vector_store
-from pipeline.vectorstore.base import (
+from nimrag.pipeline.vectorstore import open_vector_store
+from nimrag.pipeline.vectorstore.base import (
     CollectionClosed,
     CollectionExists,
     CollectionNotFound,
@@ -25,6 +24,7 @@ from pipeline.vectorstore.base import (
     StoreError,
     VectorStore,
 )
+
 from tests.pipeline.vectorstore.helpers import (
     DIM,
     Written,

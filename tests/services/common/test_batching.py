@@ -6,16 +6,15 @@ import asyncio
 import threading
 
 import pytest
-
-from services.common.batching import (
+from nimrag.services.common.batching import (
     BatchLimits,
     DynamicBatcher,
     ThroughputEstimator,
     plan_batches,
     wait_refusal,
 )
-from services.common.errors import QueueFullError, QueueWaitTooLongError
-from services.common.metrics import ServiceMetrics
+from nimrag.services.common.errors import QueueFullError, QueueWaitTooLongError
+from nimrag.services.common.metrics import ServiceMetrics
 
 
 def test_plan_batches_sorts_by_cost_and_respects_item_and_token_bounds():

@@ -6,10 +6,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-
-from services.common.body import parse_json_text
-from services.common.errors import InvalidRequestError
-from services.common.fields import (
+from nimrag.services.common.body import parse_json_text
+from nimrag.services.common.errors import InvalidRequestError
+from nimrag.services.common.fields import (
     RequestModel,
     Unsupported,
     audit_fields,

@@ -10,8 +10,7 @@ from types import SimpleNamespace
 
 import pynvml
 import pytest
-
-from services.common import hardware
+from nimrag.services.common import hardware
 
 
 def nvml_available() -> bool:

@@ -1,4 +1,4 @@
-"""The memory bound (services.common.memory), for real: glibc's malloc_trim returns freed heap pages, ONNX
+"""The memory bound (nimrag.services.common.memory), for real: glibc's malloc_trim returns freed heap pages, ONNX
 Runtime's arena shrinks with the bound's run options, the idle rule, and a served model trimming once idle."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+from nimrag.services.common import memory
 
-from services.common import memory
 from tests.conftest import start_service
 
 MIB = memory.MIB

@@ -20,11 +20,11 @@ SERVICES = ("embed", "rerank", "llm", "pipeline")
 @pytest.fixture(scope="module")
 def apps(tmp_path_factory) -> dict:
     """Each service's app as its factory builds it; the model is not loaded (no lifespan), the pages need none."""
-    from pipeline.app import create_app as pipeline_app
-    from pipeline.settings import PipelineSettings
-    from services.embed.app import create_app as embed_app
-    from services.llm.app import create_app as llm_app
-    from services.rerank.app import create_app as rerank_app
+    from nimrag.pipeline.app import create_app as pipeline_app
+    from nimrag.pipeline.settings import PipelineSettings
+    from nimrag.services.embed.app import create_app as embed_app
+    from nimrag.services.llm.app import create_app as llm_app
+    from nimrag.services.rerank.app import create_app as rerank_app
 
     pipeline = pipeline_app(PipelineSettings(data_path=tmp_path_factory.mktemp("docs-pipeline")))
     return {"embed": embed_app(), "rerank": rerank_app(), "llm": llm_app(), "pipeline": pipeline}
@@ -62,8 +62,8 @@ def test_pages_name_only_local_assets_and_every_one_answers(apps, service):
 
 
 def test_the_assets_need_an_api_key_exactly_when_docs_does(tmp_path):
-    from pipeline.app import create_app
-    from pipeline.settings import PipelineSettings
+    from nimrag.pipeline.app import create_app
+    from nimrag.pipeline.settings import PipelineSettings
 
     client = TestClient(create_app(PipelineSettings(data_path=tmp_path, api_keys="sesame")))
     paths = [*PAGES, "/docs/static/swagger-ui-bundle.js", "/docs/static/redoc.standalone.js", "/openapi.json"]

@@ -10,11 +10,10 @@ import jsonschema
 import orjson
 import pytest
 import referencing
+from nimrag.services.common.errors import APIError, InternalError, PayloadTooLargeError, error_body
 from openapi_spec_validator import validate
 from pydantic import ValidationError
 from referencing.jsonschema import DRAFT202012
-
-from services.common.errors import APIError, InternalError, PayloadTooLargeError, error_body
 
 SERVICES = ("embed", "rerank", "llm", "pipeline")
 METHODS = {"get", "put", "post", "delete", "patch"}
@@ -22,11 +21,11 @@ METHODS = {"get", "put", "post", "delete", "patch"}
 
 @pytest.fixture(scope="module")
 def documents(tmp_path_factory) -> dict[str, dict]:
-    from pipeline.app import create_app as pipeline_app
-    from pipeline.settings import PipelineSettings
-    from services.embed.app import create_app as embed_app
-    from services.llm.app import create_app as llm_app
-    from services.rerank.app import create_app as rerank_app
+    from nimrag.pipeline.app import create_app as pipeline_app
+    from nimrag.pipeline.settings import PipelineSettings
+    from nimrag.services.embed.app import create_app as embed_app
+    from nimrag.services.llm.app import create_app as llm_app
+    from nimrag.services.rerank.app import create_app as rerank_app
 
     pipeline = pipeline_app(PipelineSettings(data_path=tmp_path_factory.mktemp("openapi-pipeline")))
     apps = {"embed": embed_app(), "rerank": rerank_app(), "llm": llm_app(), "pipeline": pipeline}
@@ -164,12 +163,13 @@ def schema_validator(doc: dict, model: str) -> jsonschema.Draft202012Validator:
 
 
 def request_model(name: str):
-    import pipeline.protocol
-    import services.embed.protocol
-    import services.llm.protocol
-    import services.rerank.protocol
+    import nimrag.pipeline.protocol
+    import nimrag.services.embed.protocol
+    import nimrag.services.llm.protocol
+    import nimrag.services.rerank.protocol
 
-    for module in (services.llm.protocol, services.embed.protocol, services.rerank.protocol, pipeline.protocol):
+    for module in (nimrag.services.llm.protocol, nimrag.services.embed.protocol, nimrag.services.rerank.protocol,
+                   nimrag.pipeline.protocol):
         if hasattr(module, name):
             return getattr(module, name)
     raise LookupError(name)
@@ -253,8 +253,8 @@ def test_the_schema_accepts_what_validation_accepts(documents, service, model, b
 
 
 def test_documents_publish_the_running_settings_limits(documents):
-    from services.embed.app import create_app as embed_app
-    from services.embed.settings import EmbedSettings
+    from nimrag.services.embed.app import create_app as embed_app
+    from nimrag.services.embed.settings import EmbedSettings
 
     n = documents["llm"]["components"]["schemas"]["ChatCompletionRequest"]["properties"]["n"]
     assert n["maximum"] == 8 and n["x-nimrag-set-by"] == {"maximum": "NIMRAG_LLM_MAX_N"}  # the default, not le=128

@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 import pytest
-
-from services.common.hardware import GPUInfo, HardwareInfo
-from services.common.profiles import ProfileError, incompatibilities, select_profile
-from services.common.encoder_profiles import ENCODER_PROFILES
+from nimrag.services.common.encoder_profiles import ENCODER_PROFILES
+from nimrag.services.common.hardware import GPUInfo, HardwareInfo
+from nimrag.services.common.profiles import ProfileError, incompatibilities, select_profile
 
 VNNI_CPU = HardwareInfo("test cpu", 4, 4, frozenset({"avx2", "avx512f", "avx512_vnni"}))
 BF16_CPU = HardwareInfo("test cpu", 4, 4, frozenset({"avx2", "avx512f", "avx512_bf16"}))

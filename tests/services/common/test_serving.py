@@ -8,13 +8,12 @@ import asyncio
 import threading
 
 import pytest
-
-from services.common.encoder_profiles import ENCODER_PROFILES
-from services.common.errors import ServiceNotReadyError
-from services.common.hardware import probe
-from services.common.metrics import ServiceMetrics
-from services.common.profiles import select_profile
-from services.common.serving import ModelServing, ModelState
+from nimrag.services.common.encoder_profiles import ENCODER_PROFILES
+from nimrag.services.common.errors import ServiceNotReadyError
+from nimrag.services.common.hardware import probe
+from nimrag.services.common.metrics import ServiceMetrics
+from nimrag.services.common.profiles import select_profile
+from nimrag.services.common.serving import ModelServing, ModelState
 
 
 class GatedServing(ModelServing):

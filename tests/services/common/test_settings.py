@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from services.embed.settings import EmbedSettings
+from nimrag.services.embed.settings import EmbedSettings
 
 
 def test_nim_names_are_read(monkeypatch):

@@ -13,14 +13,14 @@ import subprocess
 import sys
 
 import pytest
+from nimrag.services.common.batching import BatchLimits, DynamicBatcher
+from nimrag.services.common.errors import StartupError
+from nimrag.services.common.tracing import otlp_protocol, traced_stream, traces_exporters
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services.common.batching import BatchLimits, DynamicBatcher
-from services.common.errors import StartupError
-from services.common.tracing import otlp_protocol, traced_stream, traces_exporters
 from tests.conftest import REPO, free_port
 from tests.otlp import OTLPReceiver
 
@@ -67,7 +67,7 @@ def test_another_protocol_is_a_startup_error(variable, value):
 CHILD = """
 import json
 from opentelemetry import trace
-from services.common.tracing import make_tracer
+from nimrag.services.common.tracing import make_tracer
 
 embed, pipeline = make_tracer("embed"), make_tracer("pipeline")
 elsewhere = trace.get_tracer("some.module")  # what the pipeline's and the batchers' modules use

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from nimrag.services.common.encoder_profiles import ENCODER_PROFILES
+from nimrag.services.common.hardware import probe
+from nimrag.services.common.profiles import incompatibilities
+from nimrag.services.embed.engines import create_engine
+from nimrag.services.embed.model import load_model_info
+from nimrag.services.embed.settings import EmbedSettings
+from nimrag.services.embed.tokenization import TextTokenizer
 
-from services.common.hardware import probe
-from services.common.profiles import incompatibilities
-from services.embed.engines import create_engine
-from services.embed.model import load_model_info
-from services.common.encoder_profiles import ENCODER_PROFILES
-from services.embed.settings import EmbedSettings
-from services.embed.tokenization import TextTokenizer
 from tests.conftest import model_cache
 from tests.services.embed.conftest import TEXTS, cosine_rows
 

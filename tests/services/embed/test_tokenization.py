@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 import pytest
-
-from services.embed.model import default_model_path
-from services.embed.tokenization import InputTooLongError, TextTokenizer
+from nimrag.services.embed.model import default_model_path
+from nimrag.services.embed.tokenization import InputTooLongError, TextTokenizer
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,16 @@ import time
 
 import httpx
 import pytest
+from nimrag.services.common.hardware import probe
+from nimrag.services.common.metrics import ServiceMetrics
+from nimrag.services.common.profiles import select_profile
+from nimrag.services.llm.engines.base import SamplingParams
+from nimrag.services.llm.model import load_model_info
+from nimrag.services.llm.profiles import LLM_PROFILES
+from nimrag.services.llm.protocol import ChatCompletionRequest
+from nimrag.services.llm.serving import ChatAnswer, Job, LLMServing, RequestTiming
+from nimrag.services.llm.settings import LLMSettings
 
-from services.common.hardware import probe
-from services.common.metrics import ServiceMetrics
-from services.common.profiles import select_profile
-from services.llm.engines.base import SamplingParams
-from services.llm.model import load_model_info
-from services.llm.profiles import LLM_PROFILES
-from services.llm.protocol import ChatCompletionRequest
-from services.llm.serving import ChatAnswer, Job, LLMServing, RequestTiming
-from services.llm.settings import LLMSettings
 from tests.conftest import start_service
 from tests.services.llm.conftest import metric, wait_for_metric
 

@@ -8,8 +8,7 @@ import re
 import httpx
 import openai
 import pytest
-
-from services.llm.model import DEFAULT_MODEL_NAME
+from nimrag.services.llm.model import DEFAULT_MODEL_NAME
 
 QUESTION = [{"role": "user", "content": "Name a colour."}]
 LABEL = f'model_name="{DEFAULT_MODEL_NAME}"'

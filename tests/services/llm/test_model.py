@@ -3,10 +3,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from services.common.errors import StartupError
-from services.llm.model import DEFAULT_MODEL_NAME, default_model_path, load_model_info
-from services.llm.settings import LLMSettings
+from nimrag.services.common.errors import StartupError
+from nimrag.services.llm.model import DEFAULT_MODEL_NAME, default_model_path, load_model_info
+from nimrag.services.llm.settings import LLMSettings
 
 
 def test_default_model_is_the_bundled_gguf():

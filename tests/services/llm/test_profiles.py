@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from services.common import profiles as common_profiles
-from services.common.hardware import GPUInfo, HardwareInfo
-from services.common.profiles import ProfileError, select_profile
-from services.llm.model import LLMModelInfo
-from services.llm.profiles import LLM_PROFILES
+from nimrag.services.common import profiles as common_profiles
+from nimrag.services.common.hardware import GPUInfo, HardwareInfo
+from nimrag.services.common.profiles import ProfileError, select_profile
+from nimrag.services.llm.model import LLMModelInfo
+from nimrag.services.llm.profiles import LLM_PROFILES
 
 CPU = HardwareInfo("test cpu", 2, 2, frozenset({"avx2"}))
 A100 = GPUInfo(0, "NVIDIA A100-SXM4-80GB", 80.0, (8, 0))

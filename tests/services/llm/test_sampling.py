@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from services.common.errors import InvalidRequestError
-from services.llm.engines.base import EngineInfo
-from services.llm.engines.llamacpp import LlamaCppEngine, choice_grammar
-from services.llm.model import LLMModelInfo
-from services.llm.protocol import ChatCompletionRequest, CompletionRequest
-from services.llm.sampling import completion_budget, constraint_of, sampling_params
+from nimrag.services.common.errors import InvalidRequestError
+from nimrag.services.llm.engines.base import EngineInfo
+from nimrag.services.llm.engines.llamacpp import LlamaCppEngine, choice_grammar
+from nimrag.services.llm.model import LLMModelInfo
+from nimrag.services.llm.protocol import ChatCompletionRequest, CompletionRequest
+from nimrag.services.llm.sampling import completion_budget, constraint_of, sampling_params
 
 INFO = EngineInfo(context_length=100, vocab_size=1000, slots=1)
 MSG = [{"role": "user", "content": "hi"}]

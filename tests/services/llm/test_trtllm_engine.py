@@ -19,15 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import openai
 import pytest
+from nimrag.services.common.errors import StartupError
+from nimrag.services.common.triton import infer_input
+from nimrag.services.llm.engines.base import Constraint, SamplingParams, UnsupportedByEngine
+from nimrag.services.llm.engines.llamacpp import LlamaCppEngine
+from nimrag.services.llm.engines.text import IncrementalDetokenizer, StopMatcher
+from nimrag.services.llm.engines.trtllm import TritonTrtLlmEngine
+from nimrag.services.llm.model import DEFAULT_MODEL_NAME, LLMModelInfo, load_model_info
+from nimrag.services.llm.settings import LLMSettings
 
-from services.common.errors import StartupError
-from services.common.triton import infer_input
-from services.llm.engines.base import Constraint, SamplingParams, UnsupportedByEngine
-from services.llm.engines.llamacpp import LlamaCppEngine
-from services.llm.engines.text import IncrementalDetokenizer, StopMatcher
-from services.llm.engines.trtllm import TritonTrtLlmEngine
-from services.llm.model import DEFAULT_MODEL_NAME, LLMModelInfo, load_model_info
-from services.llm.settings import LLMSettings
 from tests.conftest import free_port
 from tests.services.conftest import LLM_SLOTS
 
@@ -147,7 +147,7 @@ def test_cancel_mid_stream_closes_the_stream_and_the_next_request_runs(engine):
 
 
 def test_a_stream_silent_past_the_timeout_is_a_503_and_is_cancelled(engine, triton_host, tokenizer_dir):
-    from services.common.errors import ServiceNotReadyError
+    from nimrag.services.common.errors import ServiceNotReadyError
 
     settings = engine.settings.model_copy(update={"triton_timeout_s": 0.001})  # no first token comes that fast
     impatient = TritonTrtLlmEngine(engine.model, settings, slots=1, ready_timeout=30)

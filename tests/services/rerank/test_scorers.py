@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from nimrag.services.common.hardware import probe
+from nimrag.services.common.profiles import incompatibilities
+from nimrag.services.rerank.model import load_model_info
+from nimrag.services.rerank.profiles import RERANK_PROFILES
+from nimrag.services.rerank.scorers import create_scorer
+from nimrag.services.rerank.settings import RerankSettings
 
-from services.common.hardware import probe
-from services.common.profiles import incompatibilities
-from services.rerank.model import load_model_info
-from services.rerank.profiles import RERANK_PROFILES
-from services.rerank.scorers import create_scorer
-from services.rerank.settings import RerankSettings
 from tests.conftest import model_cache
 from tests.services.rerank.conftest import PASSAGES, QUERY
 
@@ -61,9 +61,8 @@ def test_cross_encoder_scores_do_not_depend_on_the_batch(cross_encoder_dir, prof
 
 @pytest.fixture(scope="module")
 def reference():
+    from nimrag.services.embed.model import default_model_path
     from sentence_transformers import SentenceTransformer
-
-    from services.embed.model import default_model_path
 
     return SentenceTransformer(str(default_model_path()), device="cpu")
 
@@ -103,7 +102,7 @@ def test_late_interaction_scores_do_not_depend_on_the_batch():
 
 
 def test_pair_truncation(cross_encoder_dir):
-    from services.rerank.scorers import RankingTooLongError
+    from nimrag.services.rerank.scorers import RankingTooLongError
 
     scorer = _scorer("torch-cpu-fp32", cross_encoder_dir)
     long_passage = "word " * 600
@@ -119,7 +118,7 @@ def test_encoder_scorers_apply_the_models_query_and_passage_prompts(reference, t
     import json
     import shutil
 
-    from services.embed.model import default_model_path
+    from nimrag.services.embed.model import default_model_path
 
     folder = tmp_path / "minilm-with-prompts"
     shutil.copytree(default_model_path(), folder)

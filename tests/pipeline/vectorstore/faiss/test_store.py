@@ -18,19 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pipeline.documents import Chunk, ParsedDocument
-from pipeline.vectorstore.base import (
+from nimrag.pipeline.documents import Chunk, ParsedDocument
+from nimrag.pipeline.vectorstore.base import (
     CollectionNotFound,
     CollectionOptions,
     DimensionMismatch,
     InvalidCollectionName,
     InvalidDocument,
 )
-from pipeline.vectorstore.faiss import Catalog, Collection, FaissVectorStore, schema
-from pipeline.vectorstore.faiss import collection as collection_module
-from pipeline.vectorstore.faiss.index import gpu_available
-from pipeline.vectorstore.faiss.persistence import INDEX_FILE, INDEX_META_FILE
+from nimrag.pipeline.vectorstore.faiss import Catalog, Collection, FaissVectorStore, schema
+from nimrag.pipeline.vectorstore.faiss import collection as collection_module
+from nimrag.pipeline.vectorstore.faiss.index import gpu_available
+from nimrag.pipeline.vectorstore.faiss.persistence import INDEX_FILE, INDEX_META_FILE
+
 from tests.pipeline.vectorstore.helpers import (
     DIM,
     brute_force,

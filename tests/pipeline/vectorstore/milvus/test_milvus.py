@@ -12,17 +12,17 @@ import sys
 
 import numpy as np
 import pytest
-
-from pipeline.vectorstore.base import CollectionNotFound, StoreUnavailable
-from pipeline.vectorstore.milvus import MilvusVectorStore, analyzer
-from pipeline.vectorstore.milvus.collection import VERSIONS
-from pipeline.vectorstore.milvus.names import (
+from nimrag.pipeline.vectorstore.base import CollectionNotFound, StoreUnavailable
+from nimrag.pipeline.vectorstore.milvus import MilvusVectorStore, analyzer
+from nimrag.pipeline.vectorstore.milvus.collection import VERSIONS
+from nimrag.pipeline.vectorstore.milvus.names import (
     CHUNKS,
     DOCUMENTS,
     literal,
     logical_name,
     physical_name,
 )
+
 from tests.conftest import REPO, free_port
 from tests.pipeline.vectorstore.helpers import (
     DIM,
