@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from nimrag.services.common.hardware import HardwareInfo
 from nimrag.services.common.profiles import Profile, evaluate, select_profile
 from nimrag.services.common.settings import default_cache_path

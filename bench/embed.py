@@ -20,14 +20,6 @@ import time
 from pathlib import Path
 
 import orjson
-from nimrag.services.common.batching import plan_batches
-from nimrag.services.common.encoder_profiles import ENCODER_PROFILES
-from nimrag.services.common.hardware import HardwareInfo, probe
-from nimrag.services.common.profiles import Profile, evaluate
-from nimrag.services.embed.engines import create_engine
-from nimrag.services.embed.model import EmbeddingModelInfo, load_model_info
-from nimrag.services.embed.settings import EmbedSettings
-from nimrag.services.embed.tokenization import TextTokenizer
 
 from bench.common import (
     RESULTS,
@@ -54,6 +46,14 @@ from bench.common import (
     served_profiles,
     write_results,
 )
+from nimrag.services.common.batching import plan_batches
+from nimrag.services.common.encoder_profiles import ENCODER_PROFILES
+from nimrag.services.common.hardware import HardwareInfo, probe
+from nimrag.services.common.profiles import Profile, evaluate
+from nimrag.services.embed.engines import create_engine
+from nimrag.services.embed.model import EmbeddingModelInfo, load_model_info
+from nimrag.services.embed.settings import EmbedSettings
+from nimrag.services.embed.tokenization import TextTokenizer
 
 TARGETS = {"http_vs_torch": 0.9, "best_cpu_vs_torch": 1.5, "http_scaling": 4.0}
 JSON_KEYS = {"items_per_s": "texts_per_s", "label": "profile"}  # the names results have always had

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from nimrag.services.common.hardware import probe
 
 from bench.common import REPO, RESULTS, fmt, machine_line, run_main
 from bench.pipeline import Answer, Bench, ask, load_scifact, percentile, start_platform, upload, write_documents
 from bench.retrieval_quality import selected_profile
+from nimrag.services.common.hardware import probe
 
 COLLECTION = "scifact"
 DOCS = 200

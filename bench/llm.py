@@ -38,17 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from nimrag.services.common.errors import APIError
-from nimrag.services.common.hardware import HardwareInfo, probe
-from nimrag.services.common.profiles import Profile
-from nimrag.services.common.settings import default_cache_path
-from nimrag.services.llm.engines import create_engine
-from nimrag.services.llm.engines.base import LLMEngine, SamplingParams
-from nimrag.services.llm.model import LLMModelInfo, load_model_info
-from nimrag.services.llm.profiles import LLM_PROFILES
-from nimrag.services.llm.protocol import CompletionRequest
-from nimrag.services.llm.sampling import sampling_params
-from nimrag.services.llm.settings import LLMSettings
 
 from bench.common import (
     HOST,
@@ -71,6 +60,17 @@ from bench.common import (
     run_main,
     served_profiles,
 )
+from nimrag.services.common.errors import APIError
+from nimrag.services.common.hardware import HardwareInfo, probe
+from nimrag.services.common.profiles import Profile
+from nimrag.services.common.settings import default_cache_path
+from nimrag.services.llm.engines import create_engine
+from nimrag.services.llm.engines.base import LLMEngine, SamplingParams
+from nimrag.services.llm.model import LLMModelInfo, load_model_info
+from nimrag.services.llm.profiles import LLM_PROFILES
+from nimrag.services.llm.protocol import CompletionRequest
+from nimrag.services.llm.sampling import sampling_params
+from nimrag.services.llm.settings import LLMSettings
 
 TARGETS = {"http_vs_inprocess": 0.9, "ttft_overhead_ms": 20.0}
 CEILING_TRIES, CEILING_TEXTS = 3, 7  # tries per ceiling figure (1 with --quick); texts they need

@@ -50,12 +50,6 @@ from pathlib import Path
 import faiss
 import httpx
 import numpy as np
-from nimrag.pipeline.clients import ServiceClients
-from nimrag.pipeline.documents import Chunk, Page, ParsedDocument
-from nimrag.pipeline.ingest import FILES_IN_FLIGHT, Ingestor
-from nimrag.pipeline.settings import PipelineSettings
-from nimrag.pipeline.vectorstore.faiss import Catalog
-from nimrag.services.common.hardware import probe
 
 from bench.common import (
     REPO,
@@ -69,8 +63,14 @@ from bench.common import (
     run_main,
 )
 from bench.retrieval_quality import ServicesMeter, selected_profile
+from nimrag.pipeline.clients import ServiceClients
+from nimrag.pipeline.documents import Chunk, Page, ParsedDocument
+from nimrag.pipeline.ingest import FILES_IN_FLIGHT, Ingestor
+from nimrag.pipeline.settings import PipelineSettings
+from nimrag.pipeline.vectorstore.faiss import Catalog
 from nimrag.platform import Platform
 from nimrag.rag_cli import UPLOAD_BATCH_FILES
+from nimrag.services.common.hardware import probe
 
 INGEST_TARGET = 0.8
 SYNTHETIC_TEXT_CHARS = 1100

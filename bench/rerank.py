@@ -25,14 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from nimrag.services.common.batching import plan_batches
-from nimrag.services.common.hardware import HardwareInfo, probe
-from nimrag.services.common.profiles import Profile
-from nimrag.services.embed.model import default_model_path
-from nimrag.services.rerank.model import RerankModelInfo, load_model_info
-from nimrag.services.rerank.profiles import RERANK_PROFILES
-from nimrag.services.rerank.scorers import Prepared, Scorer, create_scorer
-from nimrag.services.rerank.settings import RerankSettings
 
 from bench.common import (
     RESULTS,
@@ -58,6 +50,14 @@ from bench.common import (
     served_profiles,
     write_results,
 )
+from nimrag.services.common.batching import plan_batches
+from nimrag.services.common.hardware import HardwareInfo, probe
+from nimrag.services.common.profiles import Profile
+from nimrag.services.embed.model import default_model_path
+from nimrag.services.rerank.model import RerankModelInfo, load_model_info
+from nimrag.services.rerank.profiles import RERANK_PROFILES
+from nimrag.services.rerank.scorers import Prepared, Scorer, create_scorer
+from nimrag.services.rerank.settings import RerankSettings
 
 TARGETS = {"http_vs_inprocess": 0.9}
 JSON_KEYS = {"items_per_s": "pairs_per_s"}

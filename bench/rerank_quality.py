@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+
 from nimrag.pipeline.vectorstore.faiss.schema import (
     STOPWORDS,  # Lucene's English stop set (Anserini's default analyzer drops these too)
 )
@@ -159,10 +160,11 @@ class Encoder:
 
     def __init__(self, threads: int):
         import torch
+        from sentence_transformers import SentenceTransformer
+
         from nimrag.services.embed.model import load_model_info
         from nimrag.services.embed.settings import EmbedSettings
         from nimrag.services.embed.tokenization import TextTokenizer
-        from sentence_transformers import SentenceTransformer
 
         torch.set_num_threads(threads)
         self._torch = torch

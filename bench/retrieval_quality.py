@@ -54,14 +54,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from nimrag.pipeline.clients import ServiceClients
-from nimrag.pipeline.documents import Chunk, Page, ParsedDocument
-from nimrag.pipeline.ingest import Ingestor
-from nimrag.pipeline.retrieval import Retriever, SearchOptions
-from nimrag.pipeline.settings import PipelineSettings
-from nimrag.pipeline.vectorstore import BACKENDS, open_vector_store
-from nimrag.services.common.hardware import probe
-from nimrag.services.common.settings import default_cache_path
 
 from bench.common import (
     REPO,
@@ -83,6 +75,14 @@ from bench.rerank_quality import (
     parse_sets,
     recall_at,
 )
+from nimrag.pipeline.clients import ServiceClients
+from nimrag.pipeline.documents import Chunk, Page, ParsedDocument
+from nimrag.pipeline.ingest import Ingestor
+from nimrag.pipeline.retrieval import Retriever, SearchOptions
+from nimrag.pipeline.settings import PipelineSettings
+from nimrag.pipeline.vectorstore import BACKENDS, open_vector_store
+from nimrag.services.common.hardware import probe
+from nimrag.services.common.settings import default_cache_path
 
 DEPTH = 100  # vdb_top_k, and the depth of every ranking evaluated
 METHODS = ("dense", "hybrid", "hybrid+rerank")

@@ -35,9 +35,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import orjson
-from nimrag.services.common.hardware import probe
-from nimrag.services.common.memory import MIB, resident_bytes
-from nimrag.services.common.settings import default_cache_path
 
 from bench.common import (
     HOST,
@@ -52,6 +49,9 @@ from bench.common import (
     run_main,
 )
 from bench.llm import source_texts
+from nimrag.services.common.hardware import probe
+from nimrag.services.common.memory import MIB, resident_bytes
+from nimrag.services.common.settings import default_cache_path
 
 SERVICES = ("embed", "rerank", "llm")
 BAD_SHARE = 0.1

@@ -38,11 +38,6 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from nimrag.pipeline.documents import Chunk, Page, ParsedDocument
-from nimrag.pipeline.retrieval import Retriever, SearchOptions
-from nimrag.pipeline.settings import PipelineSettings
-from nimrag.services.common.hardware import probe
-from nimrag.services.common.settings import default_cache_path
 
 from bench.common import (
     REPO,
@@ -66,6 +61,11 @@ from bench.pipeline import (
     synthetic_vectors,
 )
 from bench.retrieval_quality import selected_profile
+from nimrag.pipeline.documents import Chunk, Page, ParsedDocument
+from nimrag.pipeline.retrieval import Retriever, SearchOptions
+from nimrag.pipeline.settings import PipelineSettings
+from nimrag.services.common.hardware import probe
+from nimrag.services.common.settings import default_cache_path
 
 STORES = ("faiss", "milvus", "milvus-server")
 BASELINE = "faiss"

@@ -20,9 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-from nimrag.services.common.hardware import probe
-from nimrag.services.llm.model import DEFAULT_MODEL_NAME as LLM_MODEL
-from nimrag.services.rerank.model import DEFAULT_MODEL_NAME as ENCODER_MODEL
 
 from bench.common import (
     HttpLoad,
@@ -42,6 +39,9 @@ from bench.common import (
 )
 from bench.embed import embedding_load, load_texts
 from bench.rerank import load_requests, ranking_load
+from nimrag.services.common.hardware import probe
+from nimrag.services.llm.model import DEFAULT_MODEL_NAME as LLM_MODEL
+from nimrag.services.rerank.model import DEFAULT_MODEL_NAME as ENCODER_MODEL
 
 SERVICES = ("embed", "rerank", "llm")
 UNITS = {"embed": "texts", "rerank": "pairs", "llm": "completions"}  # a completion: --max-tokens tokens
@@ -112,7 +112,6 @@ def parse_args(argv: list[str] | None):
 
 def main(argv: list[str] | None = None) -> int:
     from nimrag.services.llm.model import default_model_path
-
     from tests.services.conftest import start_triton_host, stop_triton_host
     from tests.services.llm.conftest import gguf_tokenizer
 

@@ -15,9 +15,10 @@ from typing import Literal
 
 import numpy as np
 from nemoguardrails.actions.rail_outcome import RailOutcome
-from nimrag.guardrails.detectors import ATTACK_EXAMPLES, DEFAULT_PHONE_REGIONS, Embed, injection_patterns_in
 from phonenumbers import SUPPORTED_REGIONS
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from nimrag.guardrails.detectors import ATTACK_EXAMPLES, DEFAULT_PHONE_REGIONS, Embed, injection_patterns_in
 
 OUTPUT_PATTERNS = ("persona takeover", "developer mode", "chat template tokens")  # signs the answer was hijacked
 PROTECTED_WORDS = 8  # this many consecutive words of a protected text in an answer count as a leak

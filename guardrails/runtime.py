@@ -27,12 +27,13 @@ import yaml
 from nemoguardrails import LLMRails, RailsConfig
 from nemoguardrails.rails.llm.config import Model
 from nemoguardrails.rails.llm.options import RailStatus, RailType
+from opentelemetry import trace
+from pydantic import ValidationError
+
 from nimrag.guardrails.actions import RAIL_MS, PolicySettings, RailActions
 from nimrag.guardrails.detectors import Embed, StreamMasker
 from nimrag.guardrails.policy_yaml import load_yaml
 from nimrag.services.common.tracing import traced_stream
-from opentelemetry import trace
-from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from nimrag.guardrails.store import PolicyStore

@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
+
 from nimrag.guardrails.policy_yaml import load_yaml
 from nimrag.services.common.errors import StartupError
 from nimrag.services.common.files import fsync_dir, write_atomically, write_synced

@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 
 import yaml
+
 from nimrag.guardrails import runtime
 from nimrag.guardrails.policy_yaml import load_yaml
 from nimrag.guardrails.runtime import Endpoints, PolicyError, load_policy

@@ -16,6 +16,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 
+from opentelemetry import trace
+
 from nimrag.guardrails.runtime import PolicyRuntime, Verdict
 from nimrag.pipeline.clients import ServiceClients
 from nimrag.pipeline.retrieval import (
@@ -28,7 +30,6 @@ from nimrag.pipeline.retrieval import (
 )
 from nimrag.pipeline.vectorstore.base import ChunkId, VectorCollection
 from nimrag.services.common.errors import InvalidRequestError
-from opentelemetry import trace
 
 SYSTEM_PROMPT = ("You answer questions using only the numbered sources below. Cite the sources you use like [1]. "
                  "If the sources do not contain the answer, say that you do not know.")

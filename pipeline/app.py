@@ -12,6 +12,7 @@ from collections.abc import Callable
 from functools import partial
 
 from fastapi import FastAPI
+
 from nimrag.guardrails.runtime import Endpoints, Guardrails
 from nimrag.guardrails.service import PolicyService
 from nimrag.guardrails.store import PolicyStore

@@ -15,8 +15,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from nimrag.pipeline.documents import Chunk, ParsedDocument
 from tokenizers import Tokenizer
+
+from nimrag.pipeline.documents import Chunk, ParsedDocument
 
 MIN_CHUNK_SIZE = 16
 BOUNDARY_ZONE = 0.2  # look for a paragraph/sentence end in the last 20% of a window

@@ -16,10 +16,11 @@ from typing import TypeVar
 import httpx
 import numpy as np
 import openai
+from opentelemetry import trace
+
 from nimrag.pipeline.settings import PipelineSettings
 from nimrag.services.common.errors import APIError, ModelNotFoundError
 from nimrag.services.common.tracing import TRACE_HOOKS, traced_stream
-from opentelemetry import trace
 
 T = TypeVar("T")
 # A dependency's answers that the client's request caused (the LLM's context is shorter than the question and

@@ -14,6 +14,7 @@ is ``collection_name``'s 404); whatever else a store raises reaches the app's ha
 from __future__ import annotations
 
 from fastapi import FastAPI, Request, Response
+
 from nimrag.pipeline.vectorstore.base import (
     CollectionClosed,
     CollectionExists,

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import PureWindowsPath
 
 import numpy as np
+
 from nimrag.pipeline.chunking import Chunker
 from nimrag.pipeline.clients import ServiceClients
 from nimrag.pipeline.documents import ParsedDocument

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from nimrag.services.common.metrics import LATENCY_BUCKETS, ServiceMetrics
 from prometheus_client import Counter, Histogram
+
+from nimrag.services.common.metrics import LATENCY_BUCKETS, ServiceMetrics
 
 
 class PipelineMetrics:

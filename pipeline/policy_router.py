@@ -11,12 +11,13 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import Field
+from starlette.responses import Response
+
 from nimrag.guardrails.service import InvalidPolicy, PolicyService
 from nimrag.services.common.body import json_body_openapi, parse_json_body
 from nimrag.services.common.errors import APIError, error_body
 from nimrag.services.common.fields import RequestModel
-from pydantic import Field
-from starlette.responses import Response
 
 PREFIX = "/v1/guardrails/configs"
 MAX_TEXT = 1024

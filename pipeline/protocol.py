@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
 from nimrag.services.common.errors import InvalidRequestError
 from nimrag.services.common.fields import RequestModel, Unsupported
 from nimrag.services.common.openapi import NON_BLANK, served_rule, setting_limit
 from nimrag.services.llm.protocol import CHAT_UNSUPPORTED as LLM_CHAT_UNSUPPORTED
-from pydantic import ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 PIPELINE_MODEL = "nimrag-rag"  # the pipeline's own name for its answers: the LLM service's default model

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import orjson
+
 from nimrag.pipeline.answer import AnswerEvent
 from nimrag.services.common.errors import APIError, error_body
 

@@ -16,10 +16,11 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from opentelemetry import trace
+
 from nimrag.pipeline.clients import ServiceClients
 from nimrag.pipeline.documents import Chunk
 from nimrag.pipeline.vectorstore.base import ChunkId, SearchHit, VectorCollection
-from opentelemetry import trace
 
 RRF_K = 60  # the constant of Cormack et al.'s reciprocal rank fusion
 tracer = trace.get_tracer("nimrag.pipeline")

@@ -8,6 +8,10 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response, StreamingResponse
+
 from nimrag.pipeline.ingest import IngestItem, checked_document_name
 from nimrag.pipeline.loaders import SUPPORTED_TYPES, parse_bytes
 from nimrag.pipeline.protocol import (
@@ -29,9 +33,6 @@ from nimrag.services.common.errors import (
 )
 from nimrag.services.common.fields import report_ignored
 from nimrag.services.common.openapi import upload_form_openapi
-from starlette.datastructures import FormData, UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response, StreamingResponse
 
 router = APIRouter()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -6,14 +6,15 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import SettingsConfigDict
+
 from nimrag.pipeline.loaders import (
     DEFAULT_MAX_COMPRESSION_RATIO,
     DEFAULT_MAX_INFLATED_BYTES,
     InflateLimits,
 )
 from nimrag.services.common.settings import ServiceSettings
-from pydantic import Field, ValidationInfo, field_validator
-from pydantic_settings import SettingsConfigDict
 
 
 def default_data_path() -> Path:

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from nimrag.services.common.errors import StartupError
-from nimrag.services.common.parent import PARENT_PID_ENV, watch_parent
 
 from nimrag.console import Console, record_level
 from nimrag.errors import Exit
+from nimrag.services.common.errors import StartupError
+from nimrag.services.common.parent import PARENT_PID_ENV, watch_parent
 from tests.conftest import REPO, free_port, model_cache
 
 SERVICES = ("embed", "rerank", "llm", "pipeline")

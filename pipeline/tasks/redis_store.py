@@ -29,6 +29,9 @@ import uuid
 from collections.abc import Iterator
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from nimrag.pipeline.ingest import FileReport
 from nimrag.pipeline.tasks.base import (
     INTERRUPTED,
@@ -37,8 +40,6 @@ from nimrag.pipeline.tasks.base import (
     TaskStoreUnavailable,
     task_view,
 )
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 DEFAULT_PREFIX = "nimrag:tasks:"
 DEFAULT_TTL_S = 7 * 24 * 3600.0

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
+
 from nimrag.pipeline.documents import Chunk, ParsedDocument
 
 if TYPE_CHECKING:

@@ -10,6 +10,8 @@ import platform
 from collections.abc import Sequence
 
 from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import PlainTextResponse, Response
+
 from nimrag.services.common.docs import install_offline_docs
 from nimrag.services.common.errors import install_error_handlers
 from nimrag.services.common.hardware import HardwareInfo, probe
@@ -21,7 +23,6 @@ from nimrag.services.common.profiles import Profile, select_profile
 from nimrag.services.common.serving import ModelServing
 from nimrag.services.common.settings import ServiceSettings
 from nimrag.services.common.tracing import make_tracer
-from starlette.responses import PlainTextResponse, Response
 
 API_VERSION = "1.0.0"
 

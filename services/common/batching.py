@@ -26,9 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from opentelemetry import context, trace
+
 from nimrag.services.common.errors import QueueFullError, QueueWaitTooLongError
 from nimrag.services.common.metrics import ServiceMetrics
-from opentelemetry import context, trace
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -6,12 +6,13 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+
 from nimrag.services.common.cancellation import cancel_on_disconnect
 from nimrag.services.common.errors import from_validation_errors
 from nimrag.services.common.fields import check_fields
 from nimrag.services.common.openapi import schema_ref, streamed_answer_openapi
-from pydantic import BaseModel, ValidationError
-from starlette.responses import Response
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from nimrag.services.common.errors import ClientDisconnected
 from starlette.requests import Request
+
+from nimrag.services.common.errors import ClientDisconnected
 
 T = TypeVar("T")
 

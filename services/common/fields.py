@@ -19,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from nimrag.services.common.errors import InvalidRequestError
 from pydantic import BaseModel, ConfigDict
+
+from nimrag.services.common.errors import InvalidRequestError
 
 IGNORED_FIELDS_HEADER = "x-nimrag-ignored-fields"
 # The bound of every count a request gives an engine: llama.cpp and TensorRT-LLM take 32-bit integers.

@@ -10,12 +10,13 @@ import re
 import time
 import uuid
 
+from opentelemetry import trace
+
 from nimrag.services.common.errors import APIError, AuthenticationError, PayloadTooLargeError, error_response
 from nimrag.services.common.fields import IGNORED_FIELDS_HEADER, ignored_fields_var, ignored_header_value
 from nimrag.services.common.logs import request_id_var
 from nimrag.services.common.metrics import ServiceMetrics
 from nimrag.services.common.tracing import extract_asgi
-from opentelemetry import trace
 
 # Endpoints an orchestrator probes without credentials.
 OPEN_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/v1/health"})

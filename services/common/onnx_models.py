@@ -70,6 +70,15 @@ def export_fp32(model_dir: Path, input_names: tuple[str, ...], head: str, target
         tmp.unlink(missing_ok=True)
 
 
+class _NoPreprocessingAdvice(logging.Filter):
+    """ONNX Runtime's quantizer advises pre-processing (shape inference, for static quantization) on every call, as
+    a WARNING on the root logger, so it reached `nimrag up`'s console; the dynamic quantization of named MatMuls
+    here does not need it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def quantize_int8(source: Path, target: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -80,12 +89,15 @@ def quantize_int8(source: Path, target: Path) -> None:
         raise StartupError("the int8 profile does not recognise this architecture's feed-forward layers; "
                            "pin an fp32 profile instead")
     tmp = _atomic_target(target)
+    advice = _NoPreprocessingAdvice()
+    logging.getLogger().addFilter(advice)
     try:
         quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul"], nodes_to_quantize=chosen,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         os.replace(tmp, target)
     finally:
+        logging.getLogger().removeFilter(advice)
         tmp.unlink(missing_ok=True)
 
 

@@ -23,11 +23,12 @@ from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI
-from nimrag.services.common.errors import ErrorResponse
-from nimrag.services.common.middleware import OPEN_PATHS
 from pydantic import BaseModel, Field
 from pydantic.fields import FieldInfo
 from pydantic.json_schema import models_json_schema
+
+from nimrag.services.common.errors import ErrorResponse
+from nimrag.services.common.middleware import OPEN_PATHS
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options", "trace"})

@@ -24,8 +24,9 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from typing import TypeVar
 
-from nimrag.services.common.errors import StartupError
 from opentelemetry import context, propagate, trace
+
+from nimrag.services.common.errors import StartupError
 
 EXPORTERS = ("console", "otlp")
 PROTOCOLS = ("http/protobuf", "grpc")

@@ -24,8 +24,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from nimrag.services.common.errors import InvalidRequestError, ServiceNotReadyError, StartupError
 from pydantic import BaseModel, Field
+
+from nimrag.services.common.errors import InvalidRequestError, ServiceNotReadyError, StartupError
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # tritonclient's own default: token embeddings of a big batch exceed gRPC's 4 MiB
 MAX_RECONNECT_BACKOFF_MS = 2000

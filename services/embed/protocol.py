@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from pydantic import Field, WithJsonSchema
+
 from nimrag.services.common.fields import INT32_MAX, RequestModel, Unsupported
 from nimrag.services.common.openapi import NON_BLANK, SETTING_LIMITS
-from pydantic import Field, WithJsonSchema
 
 InputType = Literal["query", "passage"]
 Truncate = Literal["NONE", "START", "END"]

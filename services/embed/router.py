@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from starlette.responses import Response
+
 from nimrag.services.common.body import json_body_openapi, json_endpoint
 from nimrag.services.embed.protocol import EmbeddingRequest
-from starlette.responses import Response
 
 router = APIRouter()
 

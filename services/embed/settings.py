@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from nimrag.services.common.settings import ServiceSettings
-from nimrag.services.common.triton import TritonSettings
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+
+from nimrag.services.common.settings import ServiceSettings
+from nimrag.services.common.triton import TritonSettings
 
 
 class EmbedSettings(ServiceSettings, TritonSettings):

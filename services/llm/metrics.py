@@ -7,8 +7,9 @@ observation (all its prompts, all its choices).
 
 from __future__ import annotations
 
-from nimrag.services.common.metrics import LATENCY_BUCKETS, ServiceMetrics
 from prometheus_client import Counter, Gauge, Histogram
+
+from nimrag.services.common.metrics import LATENCY_BUCKETS, ServiceMetrics
 
 TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1)
 # vLLM's 1-2-5 series of token counts (it stops at the context length, unknown until the model is loaded).

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
 from nimrag.services.common.fields import INT32_MAX, RequestModel, Unsupported
 from nimrag.services.common.openapi import served_rule, setting_limit
-from pydantic import ConfigDict, Field, field_validator, model_validator
 
 MAX_LOGPROBS = 20
 CHAT_TEMPLATE_RULES = ("The conversation, as the model's chat template takes it: an engine may refuse one that "

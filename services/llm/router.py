@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
 from nimrag.services.common.body import json_body_openapi, json_endpoint, parse_json_body
 from nimrag.services.common.cancellation import cancel_on_disconnect
 from nimrag.services.llm.protocol import (
@@ -10,7 +12,6 @@ from nimrag.services.llm.protocol import (
     CompletionRequest,
     TokenizeRequest,
 )
-from starlette.responses import Response, StreamingResponse
 
 router = APIRouter()
 

@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import orjson
+from opentelemetry import trace
+
 from nimrag.services.common.errors import (
     APIError,
     InternalError,
@@ -54,7 +56,6 @@ from nimrag.services.llm.sampling import (
     sampling_params,
 )
 from nimrag.services.llm.settings import LLMSettings
-from opentelemetry import trace
 
 tracer = trace.get_tracer("nimrag.llm")
 

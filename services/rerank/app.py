@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+
 from nimrag.services.common.app import create_model_app
 from nimrag.services.common.hardware import HardwareInfo
 from nimrag.services.rerank.model import load_model_info

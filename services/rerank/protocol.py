@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from pydantic import Field
+
 from nimrag.services.common.fields import INT32_MAX, RequestModel, Unsupported
 from nimrag.services.common.openapi import NON_BLANK, served_rule, setting_limit
-from pydantic import Field
 
 # What Cohere (v1 and v2), Jina and vLLM define for /v1/rerank beyond the fields declared below: a 400 naming
 # the field, unless its value asks for nothing (None or a listed harmless value). See nimrag.services.common.fields.

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from nimrag.services.common.memory import onnx_run_options
 from nimrag.services.common.padding import pad, pad_zeros
 from nimrag.services.common.profiles import Profile

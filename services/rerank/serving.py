@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+
 from nimrag.services.common.errors import InvalidRequestError
 from nimrag.services.common.serving import INLINE_WORK_CHARS, BatchedServing
 from nimrag.services.common.triton import TritonModel

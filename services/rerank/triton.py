@@ -15,6 +15,7 @@ embedding model's interface (nimrag.services.embed.engines.triton) through the s
 from __future__ import annotations
 
 import numpy as np
+
 from nimrag.services.common.profiles import Profile
 from nimrag.services.common.triton import ModelInterface, TritonModel
 from nimrag.services.rerank.model import RerankModelInfo

@@ -22,10 +22,10 @@ from functools import cache
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from nimrag.services.common import tracing
-from nimrag.services.common.settings import NIM_ENV_NAMES, ServiceSettings
 
 from nimrag.cli import SERVICES, _load
+from nimrag.services.common import tracing
+from nimrag.services.common.settings import NIM_ENV_NAMES, ServiceSettings
 
 __all__ = ["SERVICES", "accepted_env", "build_app", "check_tracing_env", "default_port", "env_prefix",
            "exported_series", "get_statuses", "settings_class", "settings_from_env", "tracing_env", "unknown_env"]

@@ -10,8 +10,9 @@ import re
 
 import phonenumbers
 import pytest
-from nimrag.guardrails.detectors import MASKS, mask_spans, sensitive_spans
 from stdnum import isbn, luhn
+
+from nimrag.guardrails.detectors import MASKS, mask_spans, sensitive_spans
 
 ALL = frozenset(MASKS)
 REGIONS = ("US", "GB", "CA", "DE", "FR", "NL", "IN", "JP", "AU")  # the non-PII texts pass in each

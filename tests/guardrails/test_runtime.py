@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from nimrag.guardrails.runtime import Endpoints, PolicyError, PolicyRuntime, load_policy
 
 ENDPOINTS = Endpoints(llm_url="http://127.0.0.1:9/v1", llm_model="test-llm", embed_url="http://127.0.0.1:9/v1",

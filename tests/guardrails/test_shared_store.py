@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from nimrag.guardrails.store import (
     DEFAULT_POLICY_ID,
     LOCK_FILE,

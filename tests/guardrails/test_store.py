@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from nimrag.guardrails import store as store_module
 from nimrag.guardrails.store import (
     InvalidPolicyFiles,

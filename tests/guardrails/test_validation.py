@@ -4,11 +4,11 @@ wrong; valid policies (and the shipped default) pass. NeMo Guardrails parses the
 from __future__ import annotations
 
 import pytest
+
 from nimrag.guardrails.policy_yaml import MAX_ALIAS_NODES, MAX_DEPTH
 from nimrag.guardrails.runtime import DEFAULT_POLICY_DIR, Endpoints, read_policy_dir
 from nimrag.guardrails.store import policy_description
 from nimrag.guardrails.validation import MAX_FILE_BYTES, MAX_FILES, validate_policy
-
 from tests.guardrails.policies import (
     BILLION_LAUGHS,
     COLANG,

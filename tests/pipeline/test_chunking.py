@@ -8,6 +8,7 @@ import time
 from itertools import pairwise
 
 import pytest
+
 from nimrag.pipeline.chunking import Chunker, load_default_tokenizer
 from nimrag.pipeline.documents import Page, ParsedDocument
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from nimrag.pipeline.vectorstore.faiss import Catalog
 
+from nimrag.pipeline.vectorstore.faiss import Catalog
 from tests.conftest import REPO, start_service
 from tests.pipeline.conftest import pipeline_url
 from tests.test_cli import NOWHERE, nimrag, one_line_error

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 from fastapi.testclient import TestClient
+
 from nimrag.pipeline.app import build_service, create_app
 from nimrag.pipeline.settings import PipelineSettings
 from nimrag.pipeline.vectorstore.base import CollectionOptions
 from nimrag.pipeline.vectorstore.faiss import FaissVectorStore
-
 from tests.pipeline.vectorstore.helpers import document, unit_vectors
 
 NOWHERE = "http://127.0.0.1:9/v1"  # no service answers here: nothing below may need one

@@ -7,6 +7,7 @@ import logging
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+
 from nimrag.pipeline.errors import install_store_error_handler
 from nimrag.pipeline.vectorstore.base import (
     CollectionClosed,

@@ -10,8 +10,8 @@ from collections import defaultdict
 
 import httpx
 import pytest
-from nimrag.guardrails.runtime import DEFAULT_POLICY_DIR
 
+from nimrag.guardrails.runtime import DEFAULT_POLICY_DIR
 from tests.pipeline.conftest import ADMIN_KEY, pipeline_url
 from tests.pipeline.test_api import upload
 

@@ -6,6 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
+
 from nimrag.pipeline.clients import DependencyRefused, ServiceClients
 from nimrag.pipeline.ingest import PassageBatcher
 from nimrag.pipeline.settings import PipelineSettings

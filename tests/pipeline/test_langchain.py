@@ -15,6 +15,7 @@ pytest.importorskip("langchain_core")
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+
 from nimrag.pipeline.langchain import (
     NimragAnswerChain,
     NimragAPIError,
@@ -23,7 +24,6 @@ from nimrag.pipeline.langchain import (
     _turns,
     citation_documents,
 )
-
 from tests.pipeline.conftest import pipeline_url as url_of
 
 COLLECTION = "lc"

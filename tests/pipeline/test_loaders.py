@@ -14,6 +14,9 @@ from pathlib import Path
 import docx
 import pytest
 from fpdf import FPDF
+from pypdf import PdfWriter
+from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
 from nimrag.pipeline.loaders import (
     MIB,
     SUPPORTED_TYPES,
@@ -26,8 +29,6 @@ from nimrag.pipeline.loaders import (
     parse_bytes,
     parse_file,
 )
-from pypdf import PdfWriter
-from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
 
 def make_pdf(page_texts: list[str], title: str | None = None) -> bytes:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from nimrag.services.common.fields import IGNORED_FIELDS_HEADER
 
+from nimrag.services.common.fields import IGNORED_FIELDS_HEADER
 from tests.pipeline.conftest import pipeline_url
 from tests.pipeline.test_api import upload
 

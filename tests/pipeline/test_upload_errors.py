@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from nimrag.pipeline.loaders import MIB
 
+from nimrag.pipeline.loaders import MIB
 from tests.conftest import free_port, start_service
 from tests.pipeline.test_loaders import docx_bomb, make_docx
 

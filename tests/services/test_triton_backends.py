@@ -12,13 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from nimrag.services.common.hardware import HardwareInfo
 from nimrag.services.common.profiles import ProfileError, select_profile
 from nimrag.services.embed.profiles import EMBED_PROFILES
 from nimrag.services.llm.model import LLMModelInfo
 from nimrag.services.llm.profiles import LLM_PROFILES
 from nimrag.services.rerank.profiles import RERANK_PROFILES
-
 from tests.conftest import REPO, start_service, wait_until_ready
 from tests.services.relay import Relay
 

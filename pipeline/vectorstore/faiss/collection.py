@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from nimrag.pipeline.documents import Chunk, ParsedDocument
 from nimrag.pipeline.sqlite import connect, is_busy, read_transaction
 from nimrag.pipeline.vectorstore.base import (

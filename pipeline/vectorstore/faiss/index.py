@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 import faiss
 import numpy as np
+
 from nimrag.pipeline.vectorstore.base import StoreError
 
 logger = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from nimrag.pipeline.vectorstore.base import StoreError
 from nimrag.pipeline.vectorstore.faiss.index import VectorIndex
 from nimrag.pipeline.vectorstore.records import utc_now

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
 from nimrag.pipeline.documents import Chunk
 from nimrag.pipeline.sqlite import connect, read_transaction, use_wal, write_transaction
 from nimrag.pipeline.vectorstore.base import (

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
 from nimrag.pipeline.documents import Chunk, ParsedDocument
 from nimrag.pipeline.vectorstore.base import (
     ChunkId,

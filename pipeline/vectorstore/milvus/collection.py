@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from nimrag.pipeline.documents import Chunk, ParsedDocument
 from nimrag.pipeline.vectorstore.base import (
     ChunkId,

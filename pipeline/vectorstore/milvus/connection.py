@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pymilvus import MilvusClient, MilvusException
+
 from nimrag.pipeline.vectorstore.base import StoreUnavailable
 from nimrag.pipeline.vectorstore.milvus.errors import is_not_loaded, translated
 from nimrag.pipeline.vectorstore.milvus.schema import LexicalMode
-from pymilvus import MilvusClient, MilvusException
 
 # Every failed call is raised as a StoreError; pymilvus would also log each one, with its traceback, at ERROR.
 logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)

@@ -11,13 +11,6 @@ import contextlib
 from collections.abc import Iterator
 
 import grpc
-from nimrag.pipeline.vectorstore.base import (
-    CollectionNotFound,
-    InvalidArgument,
-    StoreBusy,
-    StoreError,
-    StoreUnavailable,
-)
 from pymilvus import MilvusException
 from pymilvus.exceptions import (
     ConnectError,
@@ -26,6 +19,14 @@ from pymilvus.exceptions import (
     DataTypeNotMatchException,
     MilvusUnavailableException,
     ParamError,
+)
+
+from nimrag.pipeline.vectorstore.base import (
+    CollectionNotFound,
+    InvalidArgument,
+    StoreBusy,
+    StoreError,
+    StoreUnavailable,
 )
 
 COLLECTION_NOT_FOUND = 100

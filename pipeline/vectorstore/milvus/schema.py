@@ -17,6 +17,9 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
+from pymilvus import DataType, Function, FunctionType, MilvusClient
+from pymilvus.milvus_client.index import IndexParams
+
 from nimrag.pipeline.documents import Chunk
 from nimrag.pipeline.vectorstore.base import (
     CollectionOptions,
@@ -25,8 +28,6 @@ from nimrag.pipeline.vectorstore.base import (
     StoredChunk,
 )
 from nimrag.pipeline.vectorstore.milvus import analyzer
-from pymilvus import DataType, Function, FunctionType, MilvusClient
-from pymilvus.milvus_client.index import IndexParams
 
 SCHEMA_VERSION = 1
 META_PROPERTY = "nimrag.meta"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import numpy as np
+
 from nimrag.services.common.profiles import Profile
 from nimrag.services.embed.model import EmbeddingModelInfo
 from nimrag.services.embed.tokenization import TextTokenizer

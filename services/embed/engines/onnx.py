@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from nimrag.services.common.memory import onnx_run_options
 from nimrag.services.common.onnx_models import cpu_session, prepare_onnx
 from nimrag.services.common.padding import pad

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+
 from nimrag.services.common.padding import pad
 from nimrag.services.common.profiles import Profile
 from nimrag.services.embed.engines.base import EmbeddingEngine

@@ -17,6 +17,7 @@ The model folder is still read here (tokenizer, pooling, normalization, limits);
 from __future__ import annotations
 
 import numpy as np
+
 from nimrag.services.common.padding import pad
 from nimrag.services.common.profiles import Profile
 from nimrag.services.common.triton import ModelInterface, TritonModel

@@ -12,6 +12,7 @@ import re
 import secrets
 
 import httpx
+
 from nimrag.services.common.errors import InvalidRequestError
 from nimrag.services.llm.engines.base import (
     Emit,

@@ -23,6 +23,7 @@ import re
 import threading
 
 import torch
+
 from nimrag.services.common.errors import InvalidRequestError, StartupError
 from nimrag.services.common.profiles import Profile
 from nimrag.services.llm.engines.base import (

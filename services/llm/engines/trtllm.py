@@ -36,6 +36,7 @@ import queue
 from pathlib import Path
 
 import numpy as np
+
 from nimrag.services.common.errors import StartupError
 from nimrag.services.common.triton import TritonModel, TritonUnavailable, infer_input
 from nimrag.services.llm.engines.base import (

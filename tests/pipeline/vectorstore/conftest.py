@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from nimrag.pipeline.settings import PipelineSettings
 from nimrag.pipeline.vectorstore import VectorStore, open_vector_store
 

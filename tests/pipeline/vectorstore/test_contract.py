@@ -9,6 +9,7 @@ from datetime import datetime
 
 import numpy as np
 import pytest
+
 from nimrag.pipeline.vectorstore import open_vector_store
 from nimrag.pipeline.vectorstore.base import (
     CollectionClosed,
@@ -24,7 +25,6 @@ from nimrag.pipeline.vectorstore.base import (
     StoreError,
     VectorStore,
 )
-
 from tests.pipeline.vectorstore.helpers import (
     DIM,
     Written,

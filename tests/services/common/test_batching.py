@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import pytest
+
 from nimrag.services.common.batching import (
     BatchLimits,
     DynamicBatcher,

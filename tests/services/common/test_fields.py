@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+
 from nimrag.services.common.body import parse_json_text
 from nimrag.services.common.errors import InvalidRequestError
 from nimrag.services.common.fields import (

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pynvml
 import pytest
+
 from nimrag.services.common import hardware
 
 

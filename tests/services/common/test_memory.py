@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from nimrag.services.common import memory
 
+from nimrag.services.common import memory
 from tests.conftest import start_service
 
 MIB = memory.MIB

@@ -10,10 +10,11 @@ import jsonschema
 import orjson
 import pytest
 import referencing
-from nimrag.services.common.errors import APIError, InternalError, PayloadTooLargeError, error_body
 from openapi_spec_validator import validate
 from pydantic import ValidationError
 from referencing.jsonschema import DRAFT202012
+
+from nimrag.services.common.errors import APIError, InternalError, PayloadTooLargeError, error_body
 
 SERVICES = ("embed", "rerank", "llm", "pipeline")
 METHODS = {"get", "put", "post", "delete", "patch"}

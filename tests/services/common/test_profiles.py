@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from nimrag.services.common.encoder_profiles import ENCODER_PROFILES
 from nimrag.services.common.hardware import GPUInfo, HardwareInfo
 from nimrag.services.common.profiles import ProfileError, incompatibilities, select_profile

@@ -8,6 +8,7 @@ import asyncio
 import threading
 
 import pytest
+
 from nimrag.services.common.encoder_profiles import ENCODER_PROFILES
 from nimrag.services.common.errors import ServiceNotReadyError
 from nimrag.services.common.hardware import probe

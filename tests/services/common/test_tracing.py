@@ -13,14 +13,14 @@ import subprocess
 import sys
 
 import pytest
-from nimrag.services.common.batching import BatchLimits, DynamicBatcher
-from nimrag.services.common.errors import StartupError
-from nimrag.services.common.tracing import otlp_protocol, traced_stream, traces_exporters
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from nimrag.services.common.batching import BatchLimits, DynamicBatcher
+from nimrag.services.common.errors import StartupError
+from nimrag.services.common.tracing import otlp_protocol, traced_stream, traces_exporters
 from tests.conftest import REPO, free_port
 from tests.otlp import OTLPReceiver
 

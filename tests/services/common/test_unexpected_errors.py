@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import uvicorn
+
 from nimrag.pipeline.app import create_app
 from nimrag.pipeline.settings import PipelineSettings
-
 from tests.conftest import free_port
 
 

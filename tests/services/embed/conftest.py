@@ -32,8 +32,9 @@ TEXTS = [
 @pytest.fixture(scope="session")
 def reference_model():
     """sentence-transformers in fp32 on the CPU: the numerical reference every backend must agree with."""
-    from nimrag.services.embed.model import default_model_path
     from sentence_transformers import SentenceTransformer
+
+    from nimrag.services.embed.model import default_model_path
 
     return SentenceTransformer(str(default_model_path()), device="cpu")
 

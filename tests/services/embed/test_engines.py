@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from nimrag.services.common.encoder_profiles import ENCODER_PROFILES
 from nimrag.services.common.hardware import probe
 from nimrag.services.common.profiles import incompatibilities
@@ -11,7 +12,6 @@ from nimrag.services.embed.engines import create_engine
 from nimrag.services.embed.model import load_model_info
 from nimrag.services.embed.settings import EmbedSettings
 from nimrag.services.embed.tokenization import TextTokenizer
-
 from tests.conftest import model_cache
 from tests.services.embed.conftest import TEXTS, cosine_rows
 

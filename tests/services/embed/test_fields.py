@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from nimrag.services.embed.protocol import EMBEDDING_UNSUPPORTED
 
+from nimrag.services.embed.protocol import EMBEDDING_UNSUPPORTED
 from tests.services.field_audit import harmless_bodies, named_back, refused_cases
 
 BASE = {"input": ["hello world"]}

@@ -9,8 +9,8 @@ import shutil
 import httpx
 import numpy as np
 import pytest
-from nimrag.services.embed.model import default_model_path
 
+from nimrag.services.embed.model import default_model_path
 from tests.conftest import start_service
 
 KEY = "test-secret-key"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from nimrag.services.embed.model import default_model_path
 from nimrag.services.embed.tokenization import InputTooLongError, TextTokenizer
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from nimrag.services.llm.model import default_model_path
 
+from nimrag.services.llm.model import default_model_path
 from tests.conftest import ServiceProcess, model_cache, start_service
 
 

@@ -12,8 +12,8 @@ import httpx
 import jsonschema
 import openai
 import pytest
-from nimrag.services.llm.model import DEFAULT_MODEL_NAME
 
+from nimrag.services.llm.model import DEFAULT_MODEL_NAME
 from tests.services.conftest import LLM_SLOTS
 from tests.services.llm.conftest import metric, needs_llamacpp
 

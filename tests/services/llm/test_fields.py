@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from nimrag.services.llm.protocol import CHAT_UNSUPPORTED, COMPLETION_UNSUPPORTED, TOKENIZE_UNSUPPORTED
 
+from nimrag.services.llm.protocol import CHAT_UNSUPPORTED, COMPLETION_UNSUPPORTED, TOKENIZE_UNSUPPORTED
 from tests.services.field_audit import harmless_bodies, named_back, refused_cases
 
 PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "tokenize": "/tokenize"}

@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pytest
+
 from nimrag.services.common.hardware import probe
 from nimrag.services.common.metrics import ServiceMetrics
 from nimrag.services.common.profiles import select_profile
@@ -20,7 +21,6 @@ from nimrag.services.llm.profiles import LLM_PROFILES
 from nimrag.services.llm.protocol import ChatCompletionRequest
 from nimrag.services.llm.serving import ChatAnswer, Job, LLMServing, RequestTiming
 from nimrag.services.llm.settings import LLMSettings
-
 from tests.conftest import start_service
 from tests.services.llm.conftest import metric, wait_for_metric
 

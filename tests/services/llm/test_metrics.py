@@ -8,6 +8,7 @@ import re
 import httpx
 import openai
 import pytest
+
 from nimrag.services.llm.model import DEFAULT_MODEL_NAME
 
 QUESTION = [{"role": "user", "content": "Name a colour."}]

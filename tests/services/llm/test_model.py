@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from nimrag.services.common.errors import StartupError
 from nimrag.services.llm.model import DEFAULT_MODEL_NAME, default_model_path, load_model_info
 from nimrag.services.llm.settings import LLMSettings

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from nimrag.services.common import profiles as common_profiles
 from nimrag.services.common.hardware import GPUInfo, HardwareInfo
 from nimrag.services.common.profiles import ProfileError, select_profile

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from nimrag.services.common.errors import InvalidRequestError
 from nimrag.services.llm.engines.base import EngineInfo
 from nimrag.services.llm.engines.llamacpp import LlamaCppEngine, choice_grammar

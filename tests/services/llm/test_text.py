@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+
 from nimrag.services.llm.engines.base import DEFAULT_CONTEXT_CAP, context_length
 from nimrag.services.llm.engines.text import (
     IncrementalDetokenizer,
@@ -14,7 +15,6 @@ from nimrag.services.llm.engines.text import (
     apply_chat_template,
     tokenize_prompt,
 )
-
 from tests.services.llm.conftest import gguf_tokenizer, tiny_gguf
 
 TEXT = "Héllo 你好 🎉 wörld — the answer is 42. Then more."

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from nimrag.services.common.errors import InvalidRequestError
 from nimrag.services.llm.engines.base import Constraint, Finished, SamplingParams, TextDelta
 from nimrag.services.llm.engines.transformers import TransformersEngine
 from nimrag.services.llm.model import LLMModelInfo, default_model_path
 from nimrag.services.llm.profiles import LLM_PROFILES
-
 from tests.services.llm.conftest import tiny_gguf
 
 CPU_PROFILE = "transformers-fp32-tp1-latency"

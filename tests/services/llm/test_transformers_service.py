@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import openai
 import pytest
-from nimrag.services.llm.model import DEFAULT_MODEL_NAME
 
+from nimrag.services.llm.model import DEFAULT_MODEL_NAME
 from tests.conftest import start_service
 from tests.services.llm.conftest import metric
 

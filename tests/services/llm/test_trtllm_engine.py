@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import openai
 import pytest
+
 from nimrag.services.common.errors import StartupError
 from nimrag.services.common.triton import infer_input
 from nimrag.services.llm.engines.base import Constraint, SamplingParams, UnsupportedByEngine
@@ -27,7 +28,6 @@ from nimrag.services.llm.engines.text import IncrementalDetokenizer, StopMatcher
 from nimrag.services.llm.engines.trtllm import TritonTrtLlmEngine
 from nimrag.services.llm.model import DEFAULT_MODEL_NAME, LLMModelInfo, load_model_info
 from nimrag.services.llm.settings import LLMSettings
-
 from tests.conftest import free_port
 from tests.services.conftest import LLM_SLOTS
 

@@ -20,8 +20,9 @@ def build_cross_encoder(target: Path) -> Path:
     """A cross-encoder assembled from the bundled MiniLM encoder with a seeded, untrained one-logit head: real
     architecture and numerics (for engine agreement, batching and API tests), no ranking quality."""
     import torch
-    from nimrag.services.embed.model import default_model_path
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from nimrag.services.embed.model import default_model_path
 
     torch.manual_seed(1234)
     model = AutoModelForSequenceClassification.from_pretrained(str(default_model_path()), num_labels=1,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from nimrag.services.rerank.protocol import RERANK_UNSUPPORTED
 
+from nimrag.services.rerank.protocol import RERANK_UNSUPPORTED
 from tests.services.field_audit import harmless_bodies, named_back, refused_cases
 from tests.services.rerank.conftest import PASSAGES, QUERY
 

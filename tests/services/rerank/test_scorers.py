@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from nimrag.services.common.hardware import probe
 from nimrag.services.common.profiles import incompatibilities
 from nimrag.services.rerank.model import load_model_info
 from nimrag.services.rerank.profiles import RERANK_PROFILES
 from nimrag.services.rerank.scorers import create_scorer
 from nimrag.services.rerank.settings import RerankSettings
-
 from tests.conftest import model_cache
 from tests.services.rerank.conftest import PASSAGES, QUERY
 
@@ -61,8 +61,9 @@ def test_cross_encoder_scores_do_not_depend_on_the_batch(cross_encoder_dir, prof
 
 @pytest.fixture(scope="module")
 def reference():
-    from nimrag.services.embed.model import default_model_path
     from sentence_transformers import SentenceTransformer
+
+    from nimrag.services.embed.model import default_model_path
 
     return SentenceTransformer(str(default_model_path()), device="cpu")
 

@@ -11,8 +11,8 @@ import sys
 import time
 
 import httpx
-from nimrag.pipeline.vectorstore.faiss import Catalog
 
+from nimrag.pipeline.vectorstore.faiss import Catalog
 from tests.conftest import REPO, sigkill_mid_upload, start_service
 
 FILES = 150

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from nimrag.pipeline.documents import Chunk, ParsedDocument
 from nimrag.pipeline.vectorstore.base import (
     CollectionNotFound,
@@ -30,7 +31,6 @@ from nimrag.pipeline.vectorstore.faiss import Catalog, Collection, FaissVectorSt
 from nimrag.pipeline.vectorstore.faiss import collection as collection_module
 from nimrag.pipeline.vectorstore.faiss.index import gpu_available
 from nimrag.pipeline.vectorstore.faiss.persistence import INDEX_FILE, INDEX_META_FILE
-
 from tests.pipeline.vectorstore.helpers import (
     DIM,
     brute_force,

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from nimrag.pipeline.settings import PipelineSettings
 from nimrag.pipeline.vectorstore import open_vector_store
-
 from tests.pipeline.vectorstore.test_contract import *  # noqa: F403 - every contract test, collected here again
 
 VARIANTS = ["milvus-server", "milvus-sparse"]

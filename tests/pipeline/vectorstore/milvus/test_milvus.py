@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from nimrag.pipeline.vectorstore.base import CollectionNotFound, StoreUnavailable
 from nimrag.pipeline.vectorstore.milvus import MilvusVectorStore, analyzer
 from nimrag.pipeline.vectorstore.milvus.collection import VERSIONS
@@ -22,7 +23,6 @@ from nimrag.pipeline.vectorstore.milvus.names import (
     logical_name,
     physical_name,
 )
-
 from tests.conftest import REPO, free_port
 from tests.pipeline.vectorstore.helpers import (
     DIM,
